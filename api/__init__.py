@@ -1,0 +1,1 @@
+"""Shared vocabulary of the operator: resource types, constants, validation, Kubernetes access."""

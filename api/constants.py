@@ -1,0 +1,91 @@
+"""Every name the operator shares with the cluster: API group, labels, annotations, finalizers,
+webhook names and paths, host paths and defaults.
+
+No other package spells these strings; they import them from here so a rename happens once.
+"""
+
+from typing import Final
+
+GROUP: Final = "security-profiles-operator.x-k8s.io"
+OPERATOR_NAME: Final = "security-profiles-operator"
+DEFAULT_NAMESPACE: Final = "security-profiles-operator"
+SPOD_NAME: Final = "spod"
+
+# --- labels -------------------------------------------------------------------------------------
+LABEL_ENABLE_BINDING: Final = "spo.x-k8s.io/enable-binding"
+LABEL_ENABLE_RECORDING: Final = "spo.x-k8s.io/enable-recording"
+LABEL_PROFILE_ID: Final = "spo.x-k8s.io/profile-id"
+LABEL_NODE_NAME: Final = "spo.x-k8s.io/node-name"
+LABEL_PROFILE_STATE: Final = "spo.x-k8s.io/profile-state"
+LABEL_PROFILE_KIND: Final = "spo.x-k8s.io/profile-kind"
+LABEL_RECORDING_ID: Final = "spo.x-k8s.io/recording-id"
+LABEL_RECORDING_NAMESPACE: Final = "spo.x-k8s.io/recording-namespace"
+LABEL_CONTAINER_ID: Final = "spo.x-k8s.io/container-id"
+LABEL_PARTIAL: Final = "spo.x-k8s.io/partial"
+LABEL_APP: Final = "app"
+LABEL_NAME: Final = "name"
+APP_LABEL_VALUE: Final = OPERATOR_NAME
+SPOD_NAME_LABEL_VALUE: Final = "spod"
+WEBHOOK_NAME_LABEL_VALUE: Final = "security-profiles-operator-webhook"
+RECONCILER_NAME_LABEL_VALUE: Final = "security-profiles-operator"
+LABEL_KUBECTL_DEBUG: Final = "app.kubernetes.io/managed-by"
+KUBECTL_DEBUG_VALUE: Final = "kubectl-debug"
+LABEL_OC_DEBUG: Final = "debug.openshift.io/managed-by"
+OC_DEBUG_VALUE: Final = "oc-debug"
+LABEL_KUBELET_DIRECTORY: Final = "kubelet.kubernetes.io/directory-location"
+
+# --- annotations --------------------------------------------------------------------------------
+ANNOTATION_TRACE_LOGS_PREFIX: Final = "io.containers.trace-logs/"
+ANNOTATION_TRACE_BPF_PREFIX: Final = "io.containers.trace-bpf/"
+ANNOTATION_TRACE_AVCS_PREFIX: Final = "io.containers.trace-avcs/"
+ANNOTATION_TRACE_BPF_APPARMOR_PREFIX: Final = "io.containers.trace-bpf-apparmor/"
+ANNOTATION_SYSCALLS: Final = "syscalls"
+ANNOTATION_SCC: Final = "openshift.io/scc"
+ANNOTATION_CERT_MANAGER_INJECT_CA: Final = "cert-manager.io/inject-ca-from"
+ANNOTATION_LEGACY_SECCOMP_POD: Final = "seccomp.security.alpha.kubernetes.io/pod"
+
+# --- finalizers ---------------------------------------------------------------------------------
+FINALIZER_NODE_DELETED_SUFFIX: Final = "-deleted"
+FINALIZER_PARTIAL_PROFILE: Final = "spo.x-k8s.io/partial-profile-finalizer"
+FINALIZER_IN_USE: Final = "in-use-by-active-pods"
+FINALIZER_ACTIVE_WORKLOAD: Final = "active-workload-lock"
+FINALIZER_RECORDING_LOCK: Final = "active-seccomp-profile-recording-lock"
+FINALIZER_UNMERGED: Final = "spo.x-k8s.io/has-unmerged-profiles"
+
+# --- exec auditing ------------------------------------------------------------------------------
+EXEC_REQUEST_UID_ENV: Final = "SPO_EXEC_REQUEST_UID"
+
+# --- webhooks -----------------------------------------------------------------------------------
+MUTATING_WEBHOOK_CONFIGURATION: Final = "spo-mutating-webhook-configuration"
+VALIDATING_WEBHOOK_CONFIGURATION: Final = "spo-validating-webhook-configuration"
+WEBHOOK_BINDING: Final = "binding.spo.io"
+WEBHOOK_RECORDING: Final = "recording.spo.io"
+WEBHOOK_EXEC_METADATA: Final = "execmetadata.spo.io"
+WEBHOOK_NODE_DEBUGGING_POD: Final = "nodedebuggingpod.spo.io"
+WEBHOOK_RAW_SELINUX: Final = "rawselinuxprofile-validation.spo.io"
+PATH_BINDING: Final = "/mutate-v1-pod-binding"
+PATH_RECORDING: Final = "/mutate-v1-pod-recording"
+PATH_EXEC_METADATA: Final = "/mutate-v1-exec-metadata"
+PATH_RAW_SELINUX: Final = "/validate-rawselinuxprofile"
+WEBHOOK_SERVICE: Final = "webhook-service"
+WEBHOOK_DEPLOYMENT: Final = "security-profiles-operator-webhook"
+WEBHOOK_CERT_SECRET: Final = "webhook-server-cert"
+WEBHOOK_PORT: Final = 9443
+METRICS_SERVICE: Final = "metrics"
+RECONCILER_DEPLOYMENT: Final = "security-profiles-operator"
+PROFILE_CONFIGMAP: Final = "security-profiles-operator-profile"
+
+# --- node paths ---------------------------------------------------------------------------------
+KUBELET_DIR: Final = "/var/lib/kubelet"
+SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
+OPERATOR_ROOT: Final = "/var/lib/security-profiles-operator"
+SELINUX_POLICY_DIR: Final = "/etc/selinux.d"
+AUDIT_LOG_PATH: Final = "/var/log/audit/audit.log"
+SYSLOG_PATH: Final = "/var/log/syslog"
+RECORDINGS_DIR: Final = "/tmp/security-profiles-operator-recordings"
+WEBHOOK_CERT_DIR: Final = "/tmp/k8s-webhook-server/serving-certs"
+
+# --- built-in profile names ---------------------------------------------------------------------
+LOG_ENRICHER_TRACE_PROFILE: Final = "log-enricher-trace"
+SELINUX_RECORDING_TYPE: Final = "selinuxrecording.process"
+SELINUX_TYPE_SUFFIX: Final = ".process"

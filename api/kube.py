@@ -1,0 +1,188 @@
+"""The one Kubernetes access layer the operator's processes share: a client from a kubeconfig or the
+pod's service account, and list+watch caches of our resources.
+
+A cache lists once, then watches from the list's resourceVersion; when the apiserver answers
+410 Gone (the version fell out of its window) it lists again, and on any other error it reconnects
+with a capped backoff. Readers only ever see fully parsed objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar, cast
+
+import pydantic
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from api.kinds import ResourceKind
+from api.types import Resource
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Resource)
+
+WATCH_TIMEOUT_SECONDS = 300
+_MAX_BACKOFF_SECONDS = 30.0
+_HTTP_GONE = 410
+
+
+def api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """A client for the kubeconfig given (or $KUBECONFIG / ~/.kube/config), else the in-cluster one."""
+    try:
+        return cast(client.ApiClient, config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        if kubeconfig:
+            raise
+    config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def object_key(obj: Resource) -> str:
+    return f"{obj.metadata.namespace or ''}/{obj.metadata.name}"
+
+
+class ResourceCache(Generic[R]):
+    """An in-memory, always-parsed copy of every object of one kind, kept by list+watch."""
+
+    def __init__(self, api: client.ApiClient, kind: ResourceKind, model: type[R]) -> None:
+        self._custom = client.CustomObjectsApi(api)
+        self._kind = kind
+        self._model = model
+        self._objects: dict[str, R] = {}
+        self._by_namespace: dict[str, tuple[R, ...]] = {}
+        self._lock = threading.Lock()
+        self._synced = threading.Event()
+        self._stopping = threading.Event()
+        self._listeners: list[Callable[[], None]] = []
+        self._thread = threading.Thread(target=self._run, name=f"cache-{kind.plural}", daemon=True)
+
+    # --- readers -------------------------------------------------------------------------------
+    def get(self, name: str, namespace: str = "") -> R | None:
+        return self._objects.get(f"{namespace}/{name}")
+
+    def in_namespace(self, namespace: str) -> tuple[R, ...]:
+        return self._by_namespace.get(namespace, ())
+
+    def items(self) -> list[R]:
+        return list(self._objects.values())
+
+    def has_synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called (from the cache's thread) after every change, e.g. to wake a reconciler."""
+        self._listeners.append(listener)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> ResourceCache[R]:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                resource_version = self._list()
+                backoff = 0.5
+                while not self._stopping.is_set():
+                    # A watch ends after WATCH_TIMEOUT_SECONDS; resume where it stopped, no re-list.
+                    resource_version = self._watch(resource_version)
+            except ApiException as error:
+                if error.status == _HTTP_GONE:
+                    log.info("%s: resourceVersion expired, listing again", self._kind.plural)
+                    continue
+                log.warning(
+                    "%s: list/watch failed (%s), retrying in %.1fs", self._kind.plural, error, backoff
+                )
+            except Exception as error:
+                log.warning(
+                    "%s: list/watch failed (%s), retrying in %.1fs", self._kind.plural, error, backoff
+                )
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    def _list_call(self, **kwargs: Any) -> Any:
+        return self._custom.list_cluster_custom_object(
+            self._kind.group, self._kind.version, self._kind.plural, **kwargs
+        )
+
+    def _list(self) -> str:
+        listing = self._list_call()
+        fresh = {object_key(o): o for o in self._parse_all(listing.get("items", []))}
+        with self._lock:
+            self._objects = fresh
+            self._reindex()
+        self._synced.set()
+        self._notify()
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _watch(self, resource_version: str) -> str:
+        """Apply events until the watch times out; returns the last resourceVersion seen.
+
+        ERROR events (410 Gone included) arrive as ApiException from the client library."""
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in stream.stream(  # type: ignore[no-untyped-call]
+            self._list_call,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_TIMEOUT_SECONDS,
+        ):
+            if self._stopping.is_set():
+                stream.stop()  # type: ignore[no-untyped-call]
+                break
+            if event["type"] != "BOOKMARK":
+                self._apply(event["type"], event["raw_object"])
+        return str(stream.resource_version or resource_version)
+
+    def _apply(self, event_type: str, raw: dict[str, Any]) -> None:
+        metadata = raw.get("metadata", {})
+        key = f"{metadata.get('namespace') or ''}/{metadata.get('name')}"
+        with self._lock:
+            objects = dict(self._objects)
+            if event_type == "DELETED":
+                objects.pop(key, None)
+            else:
+                parsed = self._parse(raw)
+                if parsed is None:
+                    objects.pop(key, None)
+                else:
+                    objects[key] = parsed
+            self._objects = objects
+            self._reindex()
+        self._notify()
+
+    def _reindex(self) -> None:
+        grouped: dict[str, list[R]] = {}
+        for obj in self._objects.values():
+            grouped.setdefault(obj.metadata.namespace or "", []).append(obj)
+        self._by_namespace = {ns: tuple(objs) for ns, objs in grouped.items()}
+
+    def _parse_all(self, raws: Iterable[dict[str, Any]]) -> list[R]:
+        return [p for p in (self._parse(r) for r in raws) if p is not None]
+
+    def _parse(self, raw: dict[str, Any]) -> R | None:
+        try:
+            return self._model.model_validate(raw)
+        except pydantic.ValidationError as error:
+            # Stored objects that our stricter models reject are left out: the webhook then treats
+            # them as absent, which for bindings means pods are denied rather than left unprotected.
+            log.warning(
+                "%s %s is not valid, ignoring it: %s",
+                self._kind.kind,
+                raw.get("metadata", {}).get("name"),
+                error,
+            )
+            return None
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()

@@ -1,0 +1,1 @@
+"""The leader-elected reconciler: webhook configurations today; spod, statuses and finalizers later."""

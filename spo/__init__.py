@@ -1,0 +1,1 @@
+"""The `spo` command and the local control plane it runs (`spo up`)."""

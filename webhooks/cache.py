@@ -1,0 +1,72 @@
+"""The webhook's Snapshot backed by list+watch caches, so admission never waits on the API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kubernetes import client
+
+from api import constants, kinds
+from api.kube import ResourceCache, api_client
+from api.types import (
+    ProfileBinding,
+    ProfileRecording,
+    RawSelinuxProfile,
+    SeccompProfile,
+    SecurityProfilesOperatorDaemon,
+    SelinuxProfile,
+)
+from webhooks.snapshot import Snapshot
+
+
+class CachedSnapshot:
+    def __init__(self, api: client.ApiClient, operator_namespace: str) -> None:
+        self._operator_namespace = operator_namespace
+        self.bindings = ResourceCache(api, kinds.PROFILE_BINDING, ProfileBinding)
+        self.recordings = ResourceCache(api, kinds.PROFILE_RECORDING, ProfileRecording)
+        self.seccomp_profiles = ResourceCache(api, kinds.SECCOMP_PROFILE, SeccompProfile)
+        self.selinux_profiles = ResourceCache(api, kinds.SELINUX_PROFILE, SelinuxProfile)
+        # Part of readiness so that a replica only answers once it sees every profile kind.
+        self.raw_selinux_profiles = ResourceCache(api, kinds.RAW_SELINUX_PROFILE, RawSelinuxProfile)
+        self.daemons = ResourceCache(api, kinds.SPOD, SecurityProfilesOperatorDaemon)
+        self._caches: tuple[ResourceCache[Any], ...] = (
+            self.bindings,
+            self.recordings,
+            self.seccomp_profiles,
+            self.selinux_profiles,
+            self.raw_selinux_profiles,
+            self.daemons,
+        )
+
+    def start(self) -> CachedSnapshot:
+        for cache in self._caches:
+            cache.start()
+        return self
+
+    def stop(self) -> None:
+        for cache in self._caches:
+            cache.stop()
+
+    def synced(self) -> bool:
+        return all(cache.has_synced() for cache in self._caches)
+
+    def bindings_in(self, namespace: str) -> Sequence[ProfileBinding]:
+        return self.bindings.in_namespace(namespace)
+
+    def recordings_in(self, namespace: str) -> Sequence[ProfileRecording]:
+        return self.recordings.in_namespace(namespace)
+
+    def seccomp_profile(self, name: str) -> SeccompProfile | None:
+        return self.seccomp_profiles.get(name)
+
+    def selinux_profile(self, name: str) -> SelinuxProfile | None:
+        return self.selinux_profiles.get(name)
+
+    def spod(self) -> SecurityProfilesOperatorDaemon | None:
+        return self.daemons.get(constants.SPOD_NAME, self._operator_namespace)
+
+
+def start_cached_snapshot(kubeconfig: str | None, namespace: str) -> tuple[Snapshot, Callable[[], bool]]:
+    snapshot = CachedSnapshot(api_client(kubeconfig), namespace).start()
+    return snapshot, snapshot.synced
