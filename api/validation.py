@@ -10,11 +10,12 @@ DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 # CIL identifiers: anything else could close the surrounding S-expression and inject statements.
 SELINUX_IDENTIFIER_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"
 SYSCALL_NAME_PATTERN = r"^[a-z0-9_]+$"
+SELF_KEYWORD = "@self"
+SELINUX_TYPE_OR_SELF_PATTERN = r"^(@self|[a-zA-Z0-9][a-zA-Z0-9._-]*)$"
 _DNS1123_SUBDOMAIN = re.compile(DNS1123_SUBDOMAIN_PATTERN)
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SELINUX_IDENTIFIER = re.compile(SELINUX_IDENTIFIER_PATTERN)
 _SYSCALL_NAME = re.compile(SYSCALL_NAME_PATTERN)
-SELF_KEYWORD = "@self"
 
 
 def dns1123_subdomain(value: str) -> str:

@@ -1,0 +1,111 @@
+"""Fixtures: a real etcd + kube-apiserver per pytest session, a fresh namespace per test, and the
+webhook server registered with the apiserver by URL on 127.0.0.1."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+import certs
+import manifests.crds
+from api import constants
+from api.kube import api_client
+from api.types import SPODSpec
+from reconciler.webhook_config import (
+    Endpoint,
+    apply_webhook_configurations,
+    desired_mutating_configuration,
+    desired_validating_configuration,
+)
+from spo import localcluster
+
+# The spod the e2e webhook registration is computed from: exec auditing on, so every webhook is live.
+E2E_SPOD_SPEC = SPODSpec(enable_json_enricher=True)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.ControlPlane]:
+    cluster = localcluster.ControlPlane(
+        tmp_path_factory.mktemp("controlplane"),
+        localcluster.binaries_dir(),
+        webhook_dns_names=certs.webhook_dns_names(constants.WEBHOOK_SERVICE, constants.DEFAULT_NAMESPACE),
+    )
+    try:
+        cluster.start()
+        api = api_client(str(cluster.kubeconfig))
+        localcluster.install_crds(api, manifests.crds.all_crds())
+        localcluster.ensure_namespace(api, constants.DEFAULT_NAMESPACE)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: localcluster.ControlPlane) -> client.ApiClient:
+    return api_client(str(control_plane.kubeconfig))
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient) -> str:
+    """A namespace of its own per test (a bare apiserver cannot delete namespaces, so none is reused)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    localcluster.ensure_namespace(kube, name)
+    return name
+
+
+@dataclass
+class WebhookServer:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+
+def start_webhook_server(cluster: localcluster.ControlPlane, port: int) -> WebhookServer:
+    log = cluster.log_file(f"webhook-{port}")
+    argv = [
+        sys.executable, "-m", "spo.cli", "webhook",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--cert-dir", str(cluster.pki.webhook_dir),
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--namespace", constants.DEFAULT_NAMESPACE,
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = WebhookServer(process, f"https://127.0.0.1:{port}", log)
+    cluster.processes[f"webhook-{port}"] = process
+    context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
+    cluster.wait_until(lambda: localcluster.http_ok(f"{server.url}/readyz", context), "webhook /readyz")
+    return server
+
+
+@pytest.fixture(scope="session")
+def webhook_server(
+    control_plane: localcluster.ControlPlane, kube: client.ApiClient
+) -> Iterator[WebhookServer]:
+    """The webhook process, registered for the whole session by `clientConfig.url`."""
+    server = start_webhook_server(control_plane, localcluster.free_port())
+    register_webhooks(control_plane, kube, server.url)
+    yield server
+    localcluster.stop_process(server.process.pid, server.process)
+
+
+def register_webhooks(cluster: localcluster.ControlPlane, kube: client.ApiClient, url: str) -> None:
+    bundle = certs.ca_bundle(certs.load_pair(cluster.pki.directory, "ca.crt", "ca.key"))
+    endpoint = Endpoint(url=url)
+    apply_webhook_configurations(
+        kube,
+        desired_mutating_configuration(E2E_SPOD_SPEC, endpoint, bundle),
+        desired_validating_configuration(endpoint, bundle),
+    )

@@ -1,0 +1,55 @@
+"""`spo up --detach` / `spo status` / `spo down` from a fresh state directory, as a newcomer runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spo import localcluster
+from tests.docs_examples import docs_objects
+from tests.kubectl import kubectl
+
+pytestmark = pytest.mark.e2e
+
+SPO = [sys.executable, "-m", "spo.cli"]
+
+
+def _spo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SPO, *args], capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_spo_up_detach_then_down(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    port = str(localcluster.free_port())
+    up = _spo("up", "--detach", "--state-dir", str(state), "--webhook-port", port)
+    assert up.returncode == 0, up.stdout + up.stderr
+    kubeconfig = state / "kubeconfig"
+    assert f"export KUBECONFIG={kubeconfig}" in up.stdout
+    recorded = json.loads((state / "processes.json").read_text())["processes"]
+    pids = [p["pid"] for p in recorded]
+    assert {p["name"] for p in recorded} == {"etcd", "kube-apiserver", "webhook"}
+    try:
+        assert _spo("status", "--state-dir", str(state)).returncode == 0
+        crds = kubectl(kubeconfig, "get", "crd", "-o", "name").stdout.split()
+        assert len([c for c in crds if c.endswith(".security-profiles-operator.x-k8s.io")]) == 7
+        profile1 = next(o for o in docs_objects() if o["metadata"]["name"] == "profile1")
+        created = kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(profile1))
+        assert "seccompprofile.security-profiles-operator.x-k8s.io/profile1 created" in created.stdout
+        assert (
+            "spo-mutating-webhook-configuration"
+            in kubectl(kubeconfig, "get", "mutatingwebhookconfigurations", "-o", "name").stdout
+        )
+        assert _spo("up", "--detach", "--state-dir", str(state)).returncode == 1, "a second up must refuse"
+    finally:
+        down = _spo("down", "--state-dir", str(state))
+    assert down.returncode == 0, down.stderr
+    running = subprocess.run(
+        ["ps", "-o", "pid=", "-p", ",".join(map(str, pids))], capture_output=True, text=True, check=False
+    )
+    assert running.stdout.split() == [], f"still running: {running.stdout}"
+    assert _spo("status", "--state-dir", str(state)).returncode == 1
