@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up a fresh machine (Debian bookworm, as root or with sudo) for development and tests:
+# system packages, the Python venv with the project and its test tools, and the control-plane
+# binaries (kube-apiserver + etcd, built once into ~/.cache/spo/controlplane).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(openssl procps ca-certificates git)
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "[setup] installing apt packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "[setup] need Python >= 3.11"; exit 1; }
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "[setup] venv ready: .venv ($(.venv/bin/python --version))"
+
+command -v go >/dev/null || { echo "[setup] Go is needed to build kube-apiserver and etcd (go1.26+)"; exit 1; }
+bash hack/controlplane/build.sh >/dev/null
+echo "[setup] done. Next: .venv/bin/spo up   (or: bash hack/test.sh)"
