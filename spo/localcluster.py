@@ -35,14 +35,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "controlplane" / "build.sh"
 START_TIMEOUT_SECONDS = 120.0
 
-# Metadata level is what docs 7.9.12-7.9.15 read: who exec'd, and the webhooks' audit annotations.
+# Docs 7.9.12-7.9.15 read who exec'd and the webhooks' audit annotations (Metadata level); exec
+# sessions are kept at Request level so the event also shows the patch the webhook made.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
     "rules": [
         {
-            "level": "Metadata",
+            "level": "Request",
             "resources": [
                 {"group": "", "resources": ["pods/exec", "pods/attach", "pods/ephemeralcontainers"]}
             ],
@@ -330,7 +331,9 @@ def install_crds(api: ApiClient, crds: Sequence[dict[str, Any]], timeout: float 
     for crd in crds:
         name = crd["metadata"]["name"]
         try:
-            extensions.create_custom_resource_definition(client.V1CustomResourceDefinition.model_validate(crd))
+            extensions.create_custom_resource_definition(
+                client.V1CustomResourceDefinition.model_validate(crd)
+            )
         except ApiException as error:
             if error.status != 409:
                 raise

@@ -1,0 +1,238 @@
+"""Webhook acceptance against the real apiserver, following the docs' procedures with kubectl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from spo import localcluster
+from tests.conftest import WebhookServer, register_webhooks, start_webhook_server
+from tests.docs_examples import docs_objects
+from tests.kubectl import kubectl, kubectl_json
+
+pytestmark = pytest.mark.e2e
+
+NGINX = "quay.io/security-profiles-operator/test-nginx-unprivileged:1.21"
+TEST_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "test-pod"},
+    "spec": {"containers": [{"name": "test-container", "image": NGINX}]},
+}
+
+
+def _docs_object(kind: str, name: str, spec_kind: str | None = None) -> dict[str, Any]:
+    for obj in docs_objects():
+        if obj["kind"] == kind and obj["metadata"]["name"] == name:
+            inner = obj["spec"].get("profileRef", obj["spec"]).get("kind")
+            if spec_kind is None or inner == spec_kind:
+                return json.loads(json.dumps(obj))
+    raise KeyError((kind, name, spec_kind))
+
+
+def _apply(kubeconfig: Path, obj: dict[str, Any], namespace: str | None = None) -> None:
+    args = ["-n", namespace] if namespace else []
+    if namespace:
+        obj["metadata"]["namespace"] = namespace
+    kubectl(kubeconfig, *args, "apply", "-f", "-", stdin=yaml.safe_dump(obj))
+
+
+def _create_pod(kubeconfig: Path, namespace: str, pod: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return kubectl(kubeconfig, "-n", namespace, "create", "-f", "-", stdin=yaml.safe_dump(pod), check=False)
+
+
+def _profile(kind: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"defaultAction": "SCMP_ACT_LOG"} if kind == "SeccompProfile" else {}
+    version = "v1beta1" if kind == "SeccompProfile" else "v1alpha2"
+    return {
+        "apiVersion": f"security-profiles-operator.x-k8s.io/{version}",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def _wait_for_cache(kubeconfig: Path, namespace: str, expect: str) -> str:
+    """The webhook's caches are eventually consistent: retry a dry-run create until the binding shows."""
+    deadline = time.monotonic() + 15
+    output = ""
+    while time.monotonic() < deadline:
+        result = kubectl(
+            kubeconfig, "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
+            stdin=yaml.safe_dump(TEST_POD), check=False,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        if expect in output:
+            return output
+        time.sleep(0.2)
+    raise AssertionError(f"webhook never produced {expect!r}: {output}")
+
+
+@pytest.mark.parametrize(
+    ("kind", "jsonpath", "expected"),
+    [
+        (
+            "SeccompProfile",
+            "{.spec.containers[*].securityContext.seccompProfile}",
+            {"localhostProfile": "operator/profile.json", "type": "Localhost"},
+        ),
+        ("SelinuxProfile", "{.spec.containers[*].securityContext.seLinuxOptions.type}", "profile.process"),
+    ],
+)
+def test_binding_as_in_the_docs(
+    control_plane: localcluster.ControlPlane,
+    webhook_server: WebhookServer,
+    namespace: str,
+    kind: str,
+    jsonpath: str,
+    expected: Any,
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    _apply(kubeconfig, _profile(kind, "profile"))
+    _apply(kubeconfig, _docs_object("ProfileBinding", "nginx-binding", kind), namespace)
+    kubectl(kubeconfig, "label", "ns", namespace, "spo.x-k8s.io/enable-binding=true")
+    _wait_for_cache(kubeconfig, namespace, "profile")
+    assert _create_pod(kubeconfig, namespace, TEST_POD).returncode == 0
+    output = kubectl(
+        kubeconfig, "-n", namespace, "get", "pod", "test-pod", "-o", f"jsonpath={jsonpath}"
+    ).stdout
+    assert (json.loads(output) if isinstance(expected, dict) else output) == expected
+
+
+def test_unlabelled_namespace_is_left_alone(
+    control_plane: localcluster.ControlPlane, webhook_server: WebhookServer, namespace: str
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    _apply(kubeconfig, _profile("SeccompProfile", "profile"))
+    _apply(kubeconfig, _docs_object("ProfileBinding", "nginx-binding", "SeccompProfile"), namespace)
+    assert _create_pod(kubeconfig, namespace, TEST_POD).returncode == 0
+    pod = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "test-pod")
+    assert "securityContext" not in pod["spec"]["containers"][0]
+
+
+def test_binding_to_a_missing_profile_denies_the_pod(
+    control_plane: localcluster.ControlPlane, webhook_server: WebhookServer, namespace: str
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    binding = _docs_object("ProfileBinding", "nginx-binding", "SeccompProfile")
+    binding["spec"]["profileRef"]["name"] = "does-not-exist"
+    _apply(kubeconfig, binding, namespace)
+    kubectl(kubeconfig, "label", "ns", namespace, "spo.x-k8s.io/enable-binding=true")
+    output = _wait_for_cache(kubeconfig, namespace, "does-not-exist")
+    assert "denied the request" in output and "nginx-binding" in output
+    assert _create_pod(kubeconfig, namespace, TEST_POD).returncode != 0
+
+
+def test_stopped_webhook_fails_closed_only_where_opted_in(
+    control_plane: localcluster.ControlPlane, kube: client.ApiClient, webhook_server: WebhookServer
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    labelled, plain = f"fail-{time.monotonic_ns()}", f"open-{time.monotonic_ns()}"
+    localcluster.ensure_namespace(kube, labelled, {"spo.x-k8s.io/enable-binding": "true"})
+    localcluster.ensure_namespace(kube, plain)
+    doomed = start_webhook_server(control_plane, localcluster.free_port())
+    register_webhooks(control_plane, kube, doomed.url)
+    localcluster.stop_process(doomed.process.pid, doomed.process)
+    try:
+        refused = _create_pod(kubeconfig, labelled, TEST_POD)
+        assert refused.returncode != 0
+        assert "failed calling webhook" in refused.stderr and "binding.spo.io" in refused.stderr
+        assert _create_pod(kubeconfig, plain, TEST_POD).returncode == 0
+    finally:
+        register_webhooks(control_plane, kube, webhook_server.url)
+
+
+def test_recording_as_in_the_docs(
+    control_plane: localcluster.ControlPlane, webhook_server: WebhookServer, namespace: str
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    kubectl(kubeconfig, "label", "ns", namespace, "spo.x-k8s.io/enable-recording=true")
+    _apply(kubeconfig, _docs_object("ProfileRecording", "test-recording", "SeccompProfile"), namespace)
+    my_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "my-pod", "labels": {"app": "my-app"}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {"name": "nginx", "image": NGINX, "ports": [{"containerPort": 8080}]},
+                {"name": "redis", "image": "quay.io/security-profiles-operator/redis:6.2.1"},
+            ],
+        },
+    }
+    deadline = time.monotonic() + 15
+    while True:
+        created = kubectl(
+            kubeconfig, "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
+            stdin=yaml.safe_dump(my_pod),
+        )  # fmt: skip
+        if "io.containers.trace-logs/nginx" in created.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    kubectl(kubeconfig, "-n", namespace, "create", "-f", "-", stdin=yaml.safe_dump(my_pod))
+    pod = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "my-pod")
+    annotations = pod["metadata"]["annotations"]
+    for container in pod["spec"]["containers"]:
+        value = annotations[f"io.containers.trace-logs/{container['name']}"]
+        assert value.startswith(f"test-recording_{container['name']}_")
+        assert container["securityContext"]["seccompProfile"] == {
+            "type": "Localhost",
+            "localhostProfile": "operator/log-enricher-trace.json",
+        }
+
+
+def test_exec_request_uid_reaches_the_audit_log(
+    control_plane: localcluster.ControlPlane, webhook_server: WebhookServer, namespace: str
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    assert _create_pod(kubeconfig, namespace, TEST_POD).returncode == 0
+    # No kubelet: the apiserver runs admission for the exec, then fails to find the pod's node.
+    result = kubectl(
+        kubeconfig,
+        "-n",
+        namespace,
+        "exec",
+        "test-pod",
+        "--",
+        "sh",
+        "-c",
+        "touch /tmp/testfile.txt",
+        check=False,
+    )
+    assert "does not have a host assigned" in result.stderr
+    events = _exec_audit_events(control_plane.audit_log, namespace)
+    assert events, "no pods/exec audit event"
+    for event in events:
+        uid = event["annotations"]["execmetadata.spo.io/SPO_EXEC_REQUEST_UID"]
+        patch_key = next(k for k in event["annotations"] if k.startswith("patch.webhook.admission.k8s.io/"))
+        recorded = json.loads(event["annotations"][patch_key])
+        patch = recorded["patch"] if isinstance(recorded["patch"], list) else json.loads(recorded["patch"])
+        assert patch == [
+            {
+                "op": "add",
+                "path": "/command",
+                "value": ["env", f"SPO_EXEC_REQUEST_UID={uid}", "sh", "-c", "touch /tmp/testfile.txt"],
+            }
+        ]
+
+
+def _exec_audit_events(audit_log: Path, namespace: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while True:
+        events = [
+            event
+            for event in map(json.loads, audit_log.read_text().splitlines())
+            if event.get("objectRef", {}).get("subresource") == "exec"
+            and event["objectRef"].get("namespace") == namespace
+            and event.get("stage") == "ResponseComplete"
+        ]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.2)
