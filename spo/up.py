@@ -1,0 +1,246 @@
+"""`spo up`, `spo down`, `spo status`: the local default a newcomer runs.
+
+`spo up` starts etcd and kube-apiserver on loopback, installs the CRDs, the operator namespace and the
+default spod, starts the operator components that exist (the webhook today) and registers the webhook
+by URL. What it started is recorded in <state>/processes.json so `spo down` stops exactly that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import certs
+import manifests.crds
+from api import constants
+from api.kube import api_client
+from api.types import SecurityProfilesOperatorDaemon, default_spod
+from reconciler.webhook_config import (
+    Endpoint,
+    apply_webhook_configurations,
+    desired_mutating_configuration,
+    desired_validating_configuration,
+)
+from spo import localcluster
+
+PROCESS_FILE = "processes.json"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "spo"
+
+
+@dataclass(frozen=True)
+class RecordedProcess:
+    name: str
+    pid: int
+    start_time: str
+
+    def running(self) -> bool:
+        """Alive and still the same process (a recycled pid has another start time)."""
+        return _start_time(self.pid) == self.start_time
+
+
+def _start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3); a zombie is gone for our purposes.
+    return "" if fields[0] == "Z" else fields[19]
+
+
+def _record(state_dir: Path, processes: dict[str, int], extra: dict[str, Any]) -> None:
+    recorded = [{"name": n, "pid": p, "start_time": _start_time(p)} for n, p in processes.items()]
+    (state_dir / PROCESS_FILE).write_text(json.dumps({"processes": recorded, **extra}, indent=2))
+
+
+def _recorded(state_dir: Path) -> tuple[list[RecordedProcess], dict[str, Any]]:
+    try:
+        data = json.loads((state_dir / PROCESS_FILE).read_text())
+    except (OSError, ValueError):
+        return [], {}
+    processes = [RecordedProcess(p["name"], int(p["pid"]), str(p["start_time"])) for p in data["processes"]]
+    return processes, data
+
+
+def _ensure_spod(api: client.ApiClient, namespace: str) -> SecurityProfilesOperatorDaemon:
+    spod = default_spod(namespace)
+    objects = client.CustomObjectsApi(api)
+    version = SecurityProfilesOperatorDaemon.VERSION
+    try:
+        objects.create_namespaced_custom_object(
+            constants.GROUP, version, namespace, "securityprofilesoperatordaemons", spod.to_dict()
+        )
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        current = objects.get_namespaced_custom_object(
+            constants.GROUP, version, namespace, "securityprofilesoperatordaemons", constants.SPOD_NAME
+        )
+        spod = SecurityProfilesOperatorDaemon.model_validate(current)
+    return spod
+
+
+def _start_webhook(cluster: localcluster.ControlPlane, namespace: str, port: int) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "spo.cli", "webhook",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--cert-dir", str(cluster.pki.webhook_dir),
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--namespace", namespace,
+    ]  # fmt: skip
+    with cluster.log_file("webhook").open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    cluster.processes["webhook"] = process
+    context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
+    cluster.wait_until(
+        lambda: localcluster.http_ok(f"https://127.0.0.1:{port}/readyz", context), "webhook /readyz"
+    )
+    return process
+
+
+def bring_up(state_dir: Path, namespace: str, webhook_port: int) -> localcluster.ControlPlane:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cluster = localcluster.ControlPlane(
+        state_dir,
+        localcluster.binaries_dir(progress=lambda m: print(m, flush=True)),
+        webhook_dns_names=certs.webhook_dns_names(constants.WEBHOOK_SERVICE, namespace),
+    )
+    print(f"starting etcd and kube-apiserver under {state_dir} ...", flush=True)
+    try:
+        cluster.start()
+        api = api_client(str(cluster.kubeconfig))
+        localcluster.install_crds(api, manifests.crds.all_crds())
+        localcluster.ensure_namespace(api, namespace)
+        spod = _ensure_spod(api, namespace)
+        _start_webhook(cluster, namespace, webhook_port)
+        endpoint = Endpoint(url=f"https://127.0.0.1:{webhook_port}")
+        bundle = certs.ca_bundle(certs.load_pair(cluster.pki.directory, "ca.crt", "ca.key"))
+        apply_webhook_configurations(
+            api,
+            desired_mutating_configuration(spod.spec, endpoint, bundle),
+            desired_validating_configuration(endpoint, bundle),
+        )
+    except BaseException:
+        cluster.stop()
+        raise
+    _record(
+        state_dir,
+        {name: p.pid for name, p in cluster.processes.items()},
+        {"kubeconfig": str(cluster.kubeconfig), "server": cluster.url, "namespace": namespace},
+    )
+    return cluster
+
+
+def stop_recorded(state_dir: Path) -> list[str]:
+    processes, _ = _recorded(state_dir)
+    stopped = []
+    for process in reversed(processes):
+        if process.running():
+            localcluster.stop_process(process.pid)
+            stopped.append(process.name)
+    (state_dir / PROCESS_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def _up(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir
+    running = [p.name for p in _recorded(state_dir)[0] if p.running()]
+    if running:
+        print(
+            f"already running under {state_dir}: {', '.join(running)} (use `spo down` first)", file=sys.stderr
+        )
+        return 1
+    try:
+        cluster = bring_up(state_dir, args.namespace, args.webhook_port)
+    except (localcluster.ControlPlaneError, ApiException, OSError) as error:
+        print(f"spo up failed: {error}", file=sys.stderr)
+        return 1
+    print(
+        "\nThe local cluster is ready.\n"
+        f"  export KUBECONFIG={cluster.kubeconfig}\n"
+        "  kubectl get sp\n"
+        f"Logs (apiserver audit log included): {state_dir / 'logs'}\n"
+        "Stop it with `spo down`" + ("." if args.detach else " or Ctrl-C."),
+        flush=True,
+    )
+    if args.detach:
+        return 0
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set() and all(p.poll() is None for p in cluster.processes.values()):
+        stop.wait(1.0)
+    exited = [name for name, p in cluster.processes.items() if p.poll() is not None]
+    stop_recorded(state_dir)
+    if exited:
+        print(f"stopped everything: {', '.join(exited)} exited; see {state_dir / 'logs'}", file=sys.stderr)
+        return 1
+    print("stopped everything.")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    stopped = stop_recorded(args.state_dir)
+    print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing of ours runs under {args.state_dir}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    processes, data = _recorded(args.state_dir)
+    if not processes:
+        print(f"nothing started under {args.state_dir}")
+        return 1
+    for process in processes:
+        print(f"{process.name:16} pid {process.pid:<8} {'running' if process.running() else 'NOT running'}")
+    print(f"server     {data.get('server')}\nkubeconfig {data.get('kubeconfig')}")
+    return 0 if all(p.running() for p in processes) else 1
+
+
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir", type=Path, default=default_state_dir(),
+        help="where the cluster's data, PKI, kubeconfig and logs live (default: %(default)s)",
+    )  # fmt: skip
+    parser = subparsers.add_parser(
+        "up",
+        parents=[state],
+        help="start a local control plane with the operator on it",
+        description="Build kube-apiserver and etcd if needed, start them on 127.0.0.1, install the CRDs, "
+        "start the webhook and register it, then print how to use the cluster with kubectl.",
+    )
+    parser.add_argument("--detach", action="store_true", help="return once ready and leave it running")
+    parser.add_argument("--namespace", default=constants.DEFAULT_NAMESPACE, help="operator namespace")
+    parser.add_argument(
+        "--webhook-port", type=int, default=constants.WEBHOOK_PORT, help="webhook port on 127.0.0.1"
+    )
+    parser.set_defaults(func=_up)
+    down = subparsers.add_parser(
+        "down", parents=[state], help="stop what `spo up` started",
+        description="Stop exactly the processes `spo up` recorded; the state directory is kept.",
+    )  # fmt: skip
+    down.set_defaults(func=_down)
+    status = subparsers.add_parser(
+        "status", parents=[state], help="say what `spo up` started and whether it runs",
+        description="List the processes `spo up` started, whether each still runs, and the kubeconfig.",
+    )  # fmt: skip
+    status.set_defaults(func=_status)
