@@ -75,6 +75,33 @@ METRICS_SERVICE: Final = "metrics"
 RECONCILER_DEPLOYMENT: Final = "security-profiles-operator"
 PROFILE_CONFIGMAP: Final = "security-profiles-operator-profile"
 
+# --- deployment ---------------------------------------------------------------------------------
+DEFAULT_IMAGE: Final = "ghcr.io/spo-py/security-profiles-operator:0.1.0"
+RECONCILER_SERVICE_ACCOUNT: Final = "security-profiles-operator"
+WEBHOOK_SERVICE_ACCOUNT: Final = "spo-webhook"
+SPOD_SERVICE_ACCOUNT: Final = "spod"
+METRICS_CLIENT_ROLE: Final = "spo-metrics-client"
+METRICS_CLIENT_SERVICE_ACCOUNT: Final = "default"
+METRICS_PATHS: Final = ("/metrics", "/metrics-spod")
+HEALTH_PORT: Final = 8085  # the reconciler's /healthz and /readyz (plain HTTP)
+PATH_HEALTHZ: Final = "/healthz"
+PATH_READYZ: Final = "/readyz"
+ENV_OPERATOR_NAMESPACE: Final = "OPERATOR_NAMESPACE"
+ENV_OPERATOR_IMAGE: Final = "RELATED_IMAGE_OPERATOR"  # the image the reconciler puts into the spod DaemonSet
+CERT_MANAGER_ISSUER: Final = "selfsigned-issuer"
+WEBHOOK_CERTIFICATE: Final = "webhook-cert"
+ROOTLESS_UID: Final = 65535
+LABEL_HOSTNAME: Final = "kubernetes.io/hostname"
+LABEL_POD_SECURITY_PREFIX: Final = "pod-security.kubernetes.io/"
+PROFILE_KEY_DAEMON_SECCOMP: Final = "security-profiles-operator.json"
+PROFILE_KEY_BPF_RECORDER_SECCOMP: Final = "bpf-recorder.json"
+PROFILE_KEY_SELINUXD_POLICY: Final = "selinuxd.cil"
+PROFILE_KEY_SELINUX_RECORDING_POLICY: Final = "selinuxrecording.cil"
+PROFILE_KEY_SELINUXD_IMAGE_MAPPING: Final = "selinuxd-image-mapping.json"
+PROFILE_KEY_JSON_ENRICHER_VOLUME_SOURCE: Final = "json-enricher-log-volume-source.json"
+PROFILE_KEY_JSON_ENRICHER_MOUNT_PATH: Final = "json-enricher-log-volume-mount-path"
+JSON_ENRICHER_LOG_DIR: Final = "/data/logs/jsonenricher"
+
 # --- node paths ---------------------------------------------------------------------------------
 KUBELET_DIR: Final = "/var/lib/kubelet"
 SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
