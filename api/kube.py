@@ -57,6 +57,7 @@ class ResourceCache(Generic[R]):
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._listeners: list[Callable[[], None]] = []
+        self._stream: watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, name=f"cache-{kind.plural}", daemon=True)
 
     # --- readers -------------------------------------------------------------------------------
@@ -85,7 +86,15 @@ class ResourceCache(Generic[R]):
         return self
 
     def stop(self) -> None:
+        """Stop now: closing the watch's response also frees the apiserver, which otherwise waits
+        on the open watch when it shuts down."""
         self._stopping.set()
+        stream = self._stream
+        if stream is not None:
+            stream.stop()  # type: ignore[no-untyped-call]
+            response = getattr(stream, "_resp", None)
+            if response is not None:
+                response.close()
 
     def _run(self) -> None:
         backoff = 0.5
@@ -96,14 +105,12 @@ class ResourceCache(Generic[R]):
                 while not self._stopping.is_set():
                     # A watch ends after WATCH_TIMEOUT_SECONDS; resume where it stopped, no re-list.
                     resource_version = self._watch(resource_version)
-            except ApiException as error:
-                if error.status == _HTTP_GONE:
+            except Exception as error:
+                if self._stopping.is_set():
+                    return
+                if isinstance(error, ApiException) and error.status == _HTTP_GONE:
                     log.info("%s: resourceVersion expired, listing again", self._kind.plural)
                     continue
-                log.warning(
-                    "%s: list/watch failed (%s), retrying in %.1fs", self._kind.plural, error, backoff
-                )
-            except Exception as error:
                 log.warning(
                     "%s: list/watch failed (%s), retrying in %.1fs", self._kind.plural, error, backoff
                 )
@@ -129,7 +136,7 @@ class ResourceCache(Generic[R]):
         """Apply events until the watch times out; returns the last resourceVersion seen.
 
         ERROR events (410 Gone included) arrive as ApiException from the client library."""
-        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        stream = self._stream = watch.Watch()  # type: ignore[no-untyped-call]
         for event in stream.stream(  # type: ignore[no-untyped-call]
             self._list_call,
             resource_version=resource_version,
@@ -137,7 +144,6 @@ class ResourceCache(Generic[R]):
             timeout_seconds=WATCH_TIMEOUT_SECONDS,
         ):
             if self._stopping.is_set():
-                stream.stop()  # type: ignore[no-untyped-call]
                 break
             if event["type"] != "BOOKMARK":
                 self._apply(event["type"], event["raw_object"])

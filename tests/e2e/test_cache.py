@@ -1,0 +1,86 @@
+"""ResourceCache (list+watch) against the real apiserver: sync, changes, deletes, re-list on 410 Gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from api import kinds
+from api.kube import ResourceCache
+from api.types import ProfileBinding
+
+pytestmark = pytest.mark.e2e
+
+GROUP, VERSION, PLURAL = "security-profiles-operator.x-k8s.io", "v1alpha1", "profilebindings"
+
+
+def _binding(name: str, image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ProfileBinding",
+        "metadata": {"name": name},
+        "spec": {"profileRef": {"kind": "SeccompProfile", "name": "p"}, "image": image},
+    }
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_cache_follows_creates_updates_and_deletes(kube: client.ApiClient, namespace: str) -> None:
+    objects = client.CustomObjectsApi(kube)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("before", "a"))
+    changed = threading.Event()
+    cache = ResourceCache(kube, kinds.PROFILE_BINDING, ProfileBinding)
+    cache.add_listener(changed.set)
+    cache.start()
+    try:
+        assert cache.wait_synced(10)
+        assert [b.metadata.name for b in cache.in_namespace(namespace)] == ["before"]
+        assert changed.is_set()
+
+        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("after", "b"))
+        _eventually(lambda: cache.get("after", namespace) is not None)
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "after", {"spec": {"image": "c"}}
+        )
+        _eventually(lambda: (b := cache.get("after", namespace)) is not None and b.spec.image == "c")
+        objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "before")
+        _eventually(lambda: [b.metadata.name for b in cache.in_namespace(namespace)] == ["after"])
+    finally:
+        cache.stop()
+
+
+def test_cache_lists_again_after_410_gone(
+    kube: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first list reports a long-expired resourceVersion, so the apiserver answers the watch with
+    410 Gone (a real one); the cache must list again and then follow changes."""
+    objects = client.CustomObjectsApi(kube)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("first", "a"))
+    cache = ResourceCache(kube, kinds.PROFILE_BINDING, ProfileBinding)
+    real_list = cache._list
+    lists: list[str] = []
+
+    def list_with_stale_first_version() -> str:
+        version = real_list()
+        lists.append(version)
+        return "1" if len(lists) == 1 else version
+
+    monkeypatch.setattr(cache, "_list", list_with_stale_first_version)
+    cache.start()
+    try:
+        _eventually(lambda: len(lists) >= 2)
+        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("second", "b"))
+        _eventually(lambda: cache.get("second", namespace) is not None)
+        assert cache.get("first", namespace) is not None
+    finally:
+        cache.stop()
