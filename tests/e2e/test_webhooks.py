@@ -12,6 +12,12 @@ import pytest
 import yaml
 from kubernetes import client
 
+from api.types import SPODSpec
+from reconciler.webhook_config import (
+    Endpoint,
+    desired_mutating_configuration,
+    desired_validating_configuration,
+)
 from spo import localcluster
 from tests.conftest import WebhookServer, register_webhooks, start_webhook_server
 from tests.docs_examples import docs_objects
@@ -236,3 +242,34 @@ def _exec_audit_events(audit_log: Path, namespace: str) -> list[dict[str, Any]]:
         if events or time.monotonic() > deadline:
             return events
         time.sleep(0.2)
+
+
+def test_in_cluster_service_form_configurations_are_accepted(
+    control_plane: localcluster.ControlPlane,
+) -> None:
+    """The configurations a cluster install gets (clientConfig.service, every webhook and option on),
+    validated by the real apiserver without being stored."""
+    spec = SPODSpec.model_validate(
+        {
+            "enableJsonEnricher": True,
+            "enableMemoryOptimization": True,
+            "webhookOptions": [
+                {"name": "nodedebuggingpodmetada.spo.io", "objectSelector": {"matchLabels": {"a": "b"}}},
+                {"name": "execmetadata.spo.io", "namespaceSelector": {"matchLabels": {"audit": "on"}}},
+            ],
+        }
+    )
+    endpoint = Endpoint(service_namespace="security-profiles-operator")
+    configurations = [
+        desired_mutating_configuration(spec, endpoint, "Q0E="),
+        desired_validating_configuration(endpoint, "Q0E="),
+    ]
+    result = kubectl(
+        control_plane.kubeconfig,
+        "create",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(configurations),
+    )
+    assert result.stdout.count("(server dry run)") == 2
