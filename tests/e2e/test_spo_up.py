@@ -49,7 +49,10 @@ def test_spo_up_detach_then_down(tmp_path: Path) -> None:
         down = _spo("down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr
     listed = subprocess.run(
-        ["ps", "-o", "pid=,stat=", "-p", ",".join(map(str, pids))], capture_output=True, text=True, check=False
+        ["ps", "-o", "pid=,stat=", "-p", ",".join(map(str, pids))],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     # A zombie has exited; it only waits for its new parent (init) to reap it.
     running = [line for line in listed.stdout.splitlines() if not line.split()[1].startswith("Z")]
