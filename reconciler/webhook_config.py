@@ -230,26 +230,26 @@ def desired_validating_configuration(endpoint: Endpoint, ca_bundle: str) -> dict
     }
 
 
+_WEBHOOK_CONFIGURATION_MODELS = {
+    "MutatingWebhookConfiguration": (client.V1MutatingWebhookConfiguration, "mutating_webhook_configuration"),
+    "ValidatingWebhookConfiguration": (
+        client.V1ValidatingWebhookConfiguration,
+        "validating_webhook_configuration",
+    ),
+}
+
+
 def apply_webhook_configurations(api: client.ApiClient, *configurations: dict[str, Any]) -> None:
     """Create each configuration, or replace the existing one with it."""
     admission = client.AdmissionregistrationV1Api(api)
     for configuration in configurations:
         name = configuration["metadata"]["name"]
-        if configuration["kind"] == "MutatingWebhookConfiguration":
-            mutating = client.V1MutatingWebhookConfiguration.model_validate(configuration)
-            try:
-                admission.create_mutating_webhook_configuration(mutating)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-                mutating.metadata = admission.read_mutating_webhook_configuration(name).metadata
-                admission.replace_mutating_webhook_configuration(name, mutating)
-        else:
-            validating = client.V1ValidatingWebhookConfiguration.model_validate(configuration)
-            try:
-                admission.create_validating_webhook_configuration(validating)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-                validating.metadata = admission.read_validating_webhook_configuration(name).metadata
-                admission.replace_validating_webhook_configuration(name, validating)
+        model, resource = _WEBHOOK_CONFIGURATION_MODELS[configuration["kind"]]
+        body: Any = model.model_validate(configuration)
+        try:
+            getattr(admission, f"create_{resource}")(body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            body.metadata = getattr(admission, f"read_{resource}")(name).metadata
+            getattr(admission, f"replace_{resource}")(name, body)

@@ -96,7 +96,10 @@ def _ensure_spod(api: client.ApiClient, namespace: str) -> SecurityProfilesOpera
     return spod
 
 
-def _start_webhook(cluster: localcluster.ControlPlane, namespace: str, port: int) -> subprocess.Popen[bytes]:
+def start_webhook(
+    cluster: localcluster.ControlPlane, namespace: str, port: int, name: str = "webhook"
+) -> subprocess.Popen[bytes]:
+    """`spo webhook` on 127.0.0.1:port with the cluster's webhook certificate; returns once ready."""
     argv = [
         sys.executable, "-m", "spo.cli", "webhook",
         "--host", "127.0.0.1",
@@ -105,11 +108,11 @@ def _start_webhook(cluster: localcluster.ControlPlane, namespace: str, port: int
         "--kubeconfig", str(cluster.kubeconfig),
         "--namespace", namespace,
     ]  # fmt: skip
-    with cluster.log_file("webhook").open("ab") as out:
+    with cluster.log_file(name).open("ab") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    cluster.processes["webhook"] = process
+    cluster.processes[name] = process
     context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
     cluster.wait_until(
         lambda: localcluster.http_ok(f"https://127.0.0.1:{port}/readyz", context), "webhook /readyz"
@@ -131,7 +134,7 @@ def bring_up(state_dir: Path, namespace: str, webhook_port: int) -> localcluster
         localcluster.install_crds(api, manifests.crds.all_crds())
         localcluster.ensure_namespace(api, namespace)
         spod = _ensure_spod(api, namespace)
-        _start_webhook(cluster, namespace, webhook_port)
+        start_webhook(cluster, namespace, webhook_port)
         endpoint = Endpoint(url=f"https://127.0.0.1:{webhook_port}")
         bundle = certs.ca_bundle(certs.load_pair(cluster.pki.directory, "ca.crt", "ca.key"))
         apply_webhook_configurations(

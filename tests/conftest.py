@@ -3,9 +3,7 @@ webhook server registered with the apiserver by URL on 127.0.0.1."""
 
 from __future__ import annotations
 
-import ssl
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from reconciler.webhook_config import (
     desired_validating_configuration,
 )
 from spo import localcluster
+from spo.up import start_webhook
 
 # The spod the e2e webhook registration is computed from: exec auditing on, so every webhook is live.
 E2E_SPOD_SPEC = SPODSpec(enable_json_enricher=True)
@@ -72,22 +71,9 @@ class WebhookServer:
 
 
 def start_webhook_server(cluster: localcluster.ControlPlane, port: int) -> WebhookServer:
-    log = cluster.log_file(f"webhook-{port}")
-    argv = [
-        sys.executable, "-m", "spo.cli", "webhook",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--cert-dir", str(cluster.pki.webhook_dir),
-        "--kubeconfig", str(cluster.kubeconfig),
-        "--namespace", constants.DEFAULT_NAMESPACE,
-    ]  # fmt: skip
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = WebhookServer(process, f"https://127.0.0.1:{port}", log)
-    cluster.processes[f"webhook-{port}"] = process
-    context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
-    cluster.wait_until(lambda: localcluster.http_ok(f"{server.url}/readyz", context), "webhook /readyz")
-    return server
+    name = f"webhook-{port}"
+    process = start_webhook(cluster, constants.DEFAULT_NAMESPACE, port, name)
+    return WebhookServer(process, f"https://127.0.0.1:{port}", cluster.log_file(name))
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,12 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def default_spod_dict() -> dict[str, Any]:
     return default_spod().to_dict()
+
+
+def without_nulls(value: Any) -> Any:
+    """What the apiserver keeps of a merge patch: nulls delete (or are pruned), they are never stored."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value

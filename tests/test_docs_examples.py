@@ -15,6 +15,7 @@ from tests.docs_examples import (
     merge_patch,
     object_id,
     spod_patches,
+    without_nulls,
 )
 
 OUR_API = "security-profiles-operator.x-k8s.io/"
@@ -40,15 +41,7 @@ def test_docs_object_is_accepted(obj: dict[str, Any]) -> None:
 def test_docs_spod_patch_applies_to_default_spod(entry: dict[str, Any]) -> None:
     patched = merge_patch(default_spod_dict(), entry["patch"])
     spod = SecurityProfilesOperatorDaemon.model_validate(patched)
-    assert _is_subset(_drop_nulls(entry["patch"]["spec"]), spod.to_dict()["spec"])
-
-
-def _drop_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_nulls(v) for v in value]
-    return value
+    assert _is_subset(without_nulls(entry["patch"]["spec"]), spod.to_dict()["spec"])
 
 
 def _is_subset(expected: Any, actual: Any) -> bool:

@@ -15,7 +15,7 @@ from kubernetes import client
 import manifests
 from api import kinds
 from spo import localcluster
-from tests.docs_examples import default_spod_dict, docs_objects, object_id, spod_patches
+from tests.docs_examples import default_spod_dict, docs_objects, object_id, spod_patches, without_nulls
 from tests.kubectl import kubectl, kubectl_json
 
 pytestmark = pytest.mark.e2e
@@ -87,15 +87,7 @@ def test_docs_spod_patch_is_accepted(
     )
     assert "securityprofilesoperatordaemon.security-profiles-operator.x-k8s.io/spod patched" in result.stdout
     stored = kubectl_json(control_plane.kubeconfig, "-n", namespace, "get", "spod", "spod")
-    assert _missing(_without_nulls(entry["patch"]["spec"]), stored["spec"]) == []
-
-
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
+    assert _missing(without_nulls(entry["patch"]["spec"]), stored["spec"]) == []
 
 
 def test_get_sp_wide_prints_the_localhost_profile(control_plane: localcluster.ControlPlane) -> None:

@@ -264,6 +264,9 @@ def test_in_cluster_service_form_configurations_are_accepted(
         desired_mutating_configuration(spec, endpoint, "Q0E="),
         desired_validating_configuration(endpoint, "Q0E="),
     ]
+    for configuration in configurations:
+        # Another name, so the URL-form configurations the session registered are not in the way.
+        configuration["metadata"]["name"] += "-service-form"
     result = kubectl(
         control_plane.kubeconfig,
         "create",
