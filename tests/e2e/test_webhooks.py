@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
@@ -276,3 +278,39 @@ def test_in_cluster_service_form_configurations_are_accepted(
         stdin=yaml.safe_dump_all(configurations),
     )
     assert result.stdout.count("(server dry run)") == 2
+
+
+def test_replicas_give_identical_answers(
+    control_plane: localcluster.ControlPlane, webhook_server: WebhookServer, namespace: str
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    _apply(kubeconfig, _profile("SeccompProfile", "profile"))
+    _apply(kubeconfig, _docs_object("ProfileBinding", "nginx-binding", "SeccompProfile"), namespace)
+    second = start_webhook_server(control_plane, localcluster.free_port())
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "same-request",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": {**TEST_POD, "metadata": {"name": "test-pod", "namespace": namespace}},
+        },
+    }
+    try:
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(control_plane.pki.ca_cert))) as http:
+            deadline = time.monotonic() + 15
+            while True:
+                answers = [
+                    http.post(f"{server.url}/mutate-v1-pod-binding", json=review).json()
+                    for server in (webhook_server, second)
+                ]
+                if all("patch" in a["response"] for a in answers) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+    finally:
+        localcluster.stop_process(second.process.pid, second.process)
+    assert "patch" in answers[0]["response"]
+    assert answers[0] == answers[1]
