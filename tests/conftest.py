@@ -62,18 +62,21 @@ def namespace(kube: client.ApiClient) -> str:
 
 @dataclass
 class WebhookServer:
+    cluster: localcluster.ControlPlane
+    name: str
     process: subprocess.Popen[bytes]
     url: str
-    log: Path
 
-    def running(self) -> bool:
-        return self.process.poll() is None
+    def stop(self) -> None:
+        """Stop it and forget it, so the control plane does not report it as a crashed process."""
+        localcluster.stop_process(self.process.pid, self.process)
+        self.cluster.processes.pop(self.name, None)
 
 
 def start_webhook_server(cluster: localcluster.ControlPlane, port: int) -> WebhookServer:
     name = f"webhook-{port}"
     process = start_webhook(cluster, constants.DEFAULT_NAMESPACE, port, name)
-    return WebhookServer(process, f"https://127.0.0.1:{port}", cluster.log_file(name))
+    return WebhookServer(cluster, name, process, f"https://127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +87,7 @@ def webhook_server(
     server = start_webhook_server(control_plane, localcluster.free_port())
     register_webhooks(control_plane, kube, server.url)
     yield server
-    localcluster.stop_process(server.process.pid, server.process)
+    server.stop()
 
 
 def register_webhooks(cluster: localcluster.ControlPlane, kube: client.ApiClient, url: str) -> None:

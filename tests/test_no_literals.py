@@ -56,4 +56,3 @@ def test_literal_is_only_spelled_in_api(literal: str) -> None:
         if literal in line
     ]
     assert not offenders, f"{literal!r} spelled outside api/: {offenders}"
-

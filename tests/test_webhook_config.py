@@ -46,7 +46,10 @@ def test_binding_is_create_only_opt_in_and_side_effect_free() -> None:
     assert binding["sideEffects"] == "None"
     assert binding["failurePolicy"] == "Fail"
     assert binding["timeoutSeconds"] == 10
-    assert binding["clientConfig"] == {"url": "https://127.0.0.1:9443/mutate-v1-pod-binding", "caBundle": BUNDLE}
+    assert binding["clientConfig"] == {
+        "url": "https://127.0.0.1:9443/mutate-v1-pod-binding",
+        "caBundle": BUNDLE,
+    }
 
 
 def test_recording_selects_labelled_namespaces_or_labelled_pods_with_memory_optimization() -> None:
@@ -87,7 +90,9 @@ def test_docs_webhook_options_override_the_named_webhook_only() -> None:
 
 
 def test_failure_policy_option() -> None:
-    spec = SPODSpec.model_validate({"webhookOptions": [{"name": "binding.spo.io", "failurePolicy": "Ignore"}]})
+    spec = SPODSpec.model_validate(
+        {"webhookOptions": [{"name": "binding.spo.io", "failurePolicy": "Ignore"}]}
+    )
     hooks = webhooks(spec)
     assert hooks["binding.spo.io"]["failurePolicy"] == "Ignore"
     assert hooks["recording.spo.io"]["failurePolicy"] == "Fail"

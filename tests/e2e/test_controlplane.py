@@ -194,7 +194,7 @@ def test_namespace_roundtrip(kube: client.ApiClient, namespace: str) -> None:
     objects.create_namespaced_custom_object(
         "security-profiles-operator.x-k8s.io", "v1alpha1", namespace, "profilebindings", body
     )
-    stored = objects.get_namespaced_custom_object(
+    stored: Any = objects.get_namespaced_custom_object(
         "security-profiles-operator.x-k8s.io", "v1alpha1", namespace, "profilebindings", "b"
     )
     assert stored["spec"] == body["spec"]

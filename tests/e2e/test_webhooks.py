@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import ssl
 import subprocess
@@ -41,7 +42,7 @@ def _docs_object(kind: str, name: str, spec_kind: str | None = None) -> dict[str
         if obj["kind"] == kind and obj["metadata"]["name"] == name:
             inner = obj["spec"].get("profileRef", obj["spec"]).get("kind")
             if spec_kind is None or inner == spec_kind:
-                return json.loads(json.dumps(obj))
+                return copy.deepcopy(obj)
     raise KeyError((kind, name, spec_kind))
 
 
@@ -147,7 +148,7 @@ def test_stopped_webhook_fails_closed_only_where_opted_in(
     localcluster.ensure_namespace(kube, plain)
     doomed = start_webhook_server(control_plane, localcluster.free_port())
     register_webhooks(control_plane, kube, doomed.url)
-    localcluster.stop_process(doomed.process.pid, doomed.process)
+    doomed.stop()
     try:
         refused = _create_pod(kubeconfig, labelled, TEST_POD)
         assert refused.returncode != 0
@@ -311,6 +312,6 @@ def test_replicas_give_identical_answers(
                     break
                 time.sleep(0.2)
     finally:
-        localcluster.stop_process(second.process.pid, second.process)
+        second.stop()
     assert "patch" in answers[0]["response"]
     assert answers[0] == answers[1]

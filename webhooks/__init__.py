@@ -1,0 +1,1 @@
+"""Admission webhooks: pure decisions (decisions/) behind a FastAPI app served over HTTPS."""
