@@ -17,12 +17,13 @@ from api.types import (
     SecurityProfilesOperatorDaemon,
     SelinuxProfile,
 )
-from webhooks.snapshot import Snapshot
+from webhooks.snapshot import BindingIndex, Snapshot
 
 
 class CachedSnapshot:
     def __init__(self, api: client.ApiClient, operator_namespace: str) -> None:
         self._operator_namespace = operator_namespace
+        self._binding_indexes: dict[str, tuple[tuple[ProfileBinding, ...], BindingIndex]] = {}
         self.bindings = ResourceCache(api, kinds.PROFILE_BINDING, ProfileBinding)
         self.recordings = ResourceCache(api, kinds.PROFILE_RECORDING, ProfileRecording)
         self.seccomp_profiles = ResourceCache(api, kinds.SECCOMP_PROFILE, SeccompProfile)
@@ -51,8 +52,15 @@ class CachedSnapshot:
     def synced(self) -> bool:
         return all(cache.has_synced() for cache in self._caches)
 
-    def bindings_in(self, namespace: str) -> Sequence[ProfileBinding]:
-        return self.bindings.in_namespace(namespace)
+    def binding_index(self, namespace: str) -> BindingIndex:
+        # The cache hands out a new tuple whenever bindings change, so the tuple's identity tells
+        # whether the index built from it is still current.
+        bindings = self.bindings.in_namespace(namespace)
+        cached = self._binding_indexes.get(namespace)
+        if cached is None or cached[0] is not bindings:
+            cached = (bindings, BindingIndex.of(bindings))
+            self._binding_indexes[namespace] = cached
+        return cached[1]
 
     def recordings_in(self, namespace: str) -> Sequence[ProfileRecording]:
         return self.recordings.in_namespace(namespace)

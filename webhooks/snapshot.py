@@ -4,8 +4,11 @@ The webhook process fills it from list+watch caches; tests fill it from literals
 call the Kubernetes API, so every replica answers the same request the same way.
 """
 
-from collections.abc import Iterable, Sequence
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Protocol, TypeVar
 
 from api.types import (
@@ -17,8 +20,33 @@ from api.types import (
 )
 
 
+@dataclass(frozen=True)
+class BindingIndex:
+    """A namespace's ProfileBindings by image, so that a pod's decision only visits the bindings
+    that can apply to it (its images and the wildcard) instead of every binding in the namespace."""
+
+    by_image: Mapping[str, tuple[tuple[int, ProfileBinding], ...]]
+
+    @classmethod
+    def of(cls, bindings: Iterable[ProfileBinding]) -> BindingIndex:
+        grouped: dict[str, list[tuple[int, ProfileBinding]]] = {}
+        for position, binding in enumerate(bindings):
+            grouped.setdefault(binding.spec.image, []).append((position, binding))
+        return cls({image: tuple(entries) for image, entries in grouped.items()})
+
+    def applicable(self, images: Iterable[str]) -> list[ProfileBinding]:
+        """The bindings for these images and the wildcard ones, in the namespace's list order."""
+        found = [
+            entry
+            for image in {*images, ProfileBinding.WILDCARD_IMAGE}
+            for entry in self.by_image.get(image, ())
+        ]
+        found.sort(key=itemgetter(0))
+        return [binding for _, binding in found]
+
+
 class Snapshot(Protocol):
-    def bindings_in(self, namespace: str) -> Sequence[ProfileBinding]: ...
+    def binding_index(self, namespace: str) -> BindingIndex: ...
 
     def recordings_in(self, namespace: str) -> Sequence[ProfileRecording]: ...
 
@@ -42,9 +70,14 @@ class StaticSnapshot:
     def __post_init__(self) -> None:
         self._seccomp = _by_name(self.seccomp_profiles)
         self._selinux = _by_name(self.selinux_profiles)
+        namespaces = {b.metadata.namespace or "" for b in self.bindings}
+        self._binding_indexes = {
+            ns: BindingIndex.of(b for b in self.bindings if (b.metadata.namespace or "") == ns)
+            for ns in namespaces
+        }
 
-    def bindings_in(self, namespace: str) -> Sequence[ProfileBinding]:
-        return [b for b in self.bindings if b.metadata.namespace == namespace]
+    def binding_index(self, namespace: str) -> BindingIndex:
+        return self._binding_indexes.get(namespace, EMPTY_BINDING_INDEX)
 
     def recordings_in(self, namespace: str) -> Sequence[ProfileRecording]:
         return [r for r in self.recordings if r.metadata.namespace == namespace]
@@ -60,6 +93,9 @@ class StaticSnapshot:
 
 
 _Profile = TypeVar("_Profile", SeccompProfile, SelinuxProfile)
+
+
+EMPTY_BINDING_INDEX = BindingIndex({})
 
 
 def _by_name(objects: Iterable[_Profile]) -> dict[str, _Profile]:

@@ -71,13 +71,13 @@ def _bind(request: Mapping[str, Any], snapshot: Snapshot) -> Decision:
     container_values: dict[str, tuple[Container, dict[FieldPath, Any]]] = {}
     pod_values: dict[FieldPath, Any] = {}
     problems: list[str] = []
-    for binding in snapshot.bindings_in(namespace):
+    for binding in snapshot.binding_index(namespace).applicable(by_image):
         ref = binding.spec.profile_ref
         kind = _PROFILE_KINDS.get(ref.kind)
+        if kind is None:
+            continue
         wildcard = binding.spec.image == ProfileBinding.WILDCARD_IMAGE
         targets = by_image.get(binding.spec.image, ())
-        if kind is None or not (wildcard or targets):
-            continue
         key = (ref.kind, ref.name)
         if key not in resolved:
             resolved[key] = kind.resolve(snapshot, ref.name)
