@@ -70,6 +70,11 @@ PATH_RAW_SELINUX: Final = "/validate-rawselinuxprofile"
 WEBHOOK_SERVICE: Final = "webhook-service"
 WEBHOOK_DEPLOYMENT: Final = "security-profiles-operator-webhook"
 WEBHOOK_CERT_SECRET: Final = "webhook-server-cert"
+# File names inside a certificate directory, the same as the keys of a kubernetes.io/tls Secret.
+CA_CERT_FILE: Final = "ca.crt"
+CA_KEY_FILE: Final = "ca.key"
+TLS_CERT_FILE: Final = "tls.crt"
+TLS_KEY_FILE: Final = "tls.key"
 WEBHOOK_PORT: Final = 9443
 METRICS_SERVICE: Final = "metrics"
 RECONCILER_DEPLOYMENT: Final = "security-profiles-operator"

@@ -249,8 +249,8 @@ def run_server(port: int, cert_dir: Path, bodies_dir: Path) -> int:
         app,
         host=HOST,
         port=port,
-        cert_file=cert_dir / "tls.crt",
-        key_file=cert_dir / "tls.key",
+        cert_file=cert_dir / constants.TLS_CERT_FILE,
+        key_file=cert_dir / constants.TLS_KEY_FILE,
         log_level="warning",
     )
 
@@ -287,13 +287,13 @@ def start_server(workdir: Path, bodies_dir: Path) -> ServerProcess:
 
     ca = certs.generate_ca("bench-ca")
     certs.write_pair(workdir / "serving", certs.issue_certificate(ca, "bench", ip_addresses=[HOST]))
-    (workdir / "ca.crt").write_bytes(ca.cert_pem)
+    (workdir / constants.CA_CERT_FILE).write_bytes(ca.cert_pem)
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
     command = [sys.executable, __file__, "serve", str(port), str(workdir / "serving"), str(bodies_dir)]
     process = subprocess.Popen(command)
-    context = ssl.create_default_context(cafile=workdir / "ca.crt")
+    context = ssl.create_default_context(cafile=workdir / constants.CA_CERT_FILE)
     server = ServerProcess(process, port, context)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

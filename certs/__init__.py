@@ -1,4 +1,8 @@
-"""TLS material for the operator: a private CA, serving and client certificates, and their Secret."""
+"""TLS material for the operator: a private CA, serving and client certificates.
+
+Writing them as a Kubernetes Secret is in certs.secret, imported on its own so that users of the
+PKI alone (every `spo` command registers `spo certs`) do not load the Kubernetes client's models.
+"""
 
 from certs.files import ensure_serving_certificate, load_pair, write_pair
 from certs.pki import (
@@ -10,11 +14,9 @@ from certs.pki import (
     needs_renewal,
     webhook_dns_names,
 )
-from certs.secret import apply_tls_secret, tls_secret
 
 __all__ = [
     "KeyPair",
-    "apply_tls_secret",
     "ca_bundle",
     "ensure_serving_certificate",
     "generate_ca",
@@ -22,7 +24,6 @@ __all__ = [
     "issue_certificate",
     "load_pair",
     "needs_renewal",
-    "tls_secret",
     "webhook_dns_names",
     "write_pair",
 ]

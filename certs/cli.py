@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from certs.files import CA_CERT_NAME, CA_KEY_NAME, TLS_CERT_NAME, TLS_KEY_NAME, ensure_serving_certificate
+from api import constants
 
 # argparse's own usage errors exit with 2; input rejected by the handler uses the same code.
 _USAGE_ERROR = 2
@@ -26,7 +26,8 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "generate",
         help="create or renew a CA and a serving certificate in a directory",
         description=(
-            f"Write {CA_CERT_NAME}, {CA_KEY_NAME}, {TLS_CERT_NAME} and {TLS_KEY_NAME} into DIR. Existing "
+            f"Write {constants.CA_CERT_FILE}, {constants.CA_KEY_FILE}, {constants.TLS_CERT_FILE} and "
+            f"{constants.TLS_KEY_FILE} into DIR. Existing "
             "files are kept while still valid; the serving certificate is reissued when missing, in the "
             "last third of its lifetime, signed by another CA, or naming other hosts than requested. "
             "At least one --dns or --ip is required."
@@ -56,6 +57,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _generate(args: argparse.Namespace) -> int:
+    # Imported here: every `spo` command registers this parser, and cryptography costs ~15 MiB.
+    from certs.files import ensure_serving_certificate
+
     out: Path = args.out
     try:
         ensure_serving_certificate(out, dns_names=args.dns, ip_addresses=args.ip, days=args.days)
@@ -63,7 +67,12 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot write to {out}: {exc.strerror or exc}")
-    for name in (CA_CERT_NAME, CA_KEY_NAME, TLS_CERT_NAME, TLS_KEY_NAME):
+    for name in (
+        constants.CA_CERT_FILE,
+        constants.CA_KEY_FILE,
+        constants.TLS_CERT_FILE,
+        constants.TLS_KEY_FILE,
+    ):
         print(out / name)
     return 0
 

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from api import constants
 from certs.pki import (
     KeyPair,
     certificate_needs_renewal,
@@ -21,17 +22,16 @@ from certs.pki import (
     subject_alt_names,
 )
 
-CA_CERT_NAME = "ca.crt"
-CA_KEY_NAME = "ca.key"
-TLS_CERT_NAME = "tls.crt"
-TLS_KEY_NAME = "tls.key"
-
 _CERT_MODE = 0o644
 _KEY_MODE = 0o600
 
 
 def write_pair(
-    directory: Path, pair: KeyPair, *, cert_name: str = TLS_CERT_NAME, key_name: str = TLS_KEY_NAME
+    directory: Path,
+    pair: KeyPair,
+    *,
+    cert_name: str = constants.TLS_CERT_FILE,
+    key_name: str = constants.TLS_KEY_FILE,
 ) -> tuple[Path, Path]:
     """Atomically write the certificate and key into `directory` (created if missing).
 
@@ -46,7 +46,9 @@ def write_pair(
     return cert_path, key_path
 
 
-def load_pair(directory: Path, cert_name: str = TLS_CERT_NAME, key_name: str = TLS_KEY_NAME) -> KeyPair:
+def load_pair(
+    directory: Path, cert_name: str = constants.TLS_CERT_FILE, key_name: str = constants.TLS_KEY_FILE
+) -> KeyPair:
     return KeyPair((directory / cert_name).read_bytes(), (directory / key_name).read_bytes())
 
 
@@ -66,12 +68,12 @@ def ensure_serving_certificate(
     if not wanted_names:
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
 
-    ca = _load_usable_pair(directory, CA_CERT_NAME, CA_KEY_NAME)
+    ca = _load_usable_pair(directory, constants.CA_CERT_FILE, constants.CA_KEY_FILE)
     if ca is None or certificate_needs_renewal(ca.certificate):
         ca = generate_ca()
-        write_pair(directory, ca, cert_name=CA_CERT_NAME, key_name=CA_KEY_NAME)
+        write_pair(directory, ca, cert_name=constants.CA_CERT_FILE, key_name=constants.CA_KEY_FILE)
 
-    serving = _load_usable_pair(directory, TLS_CERT_NAME, TLS_KEY_NAME)
+    serving = _load_usable_pair(directory, constants.TLS_CERT_FILE, constants.TLS_KEY_FILE)
     if serving is not None and _serving_is_current(serving.certificate, ca.certificate, wanted_names):
         return False
     common_name = dns_names[0] if dns_names else ip_addresses[0]

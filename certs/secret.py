@@ -9,6 +9,7 @@ from typing import Any
 from kubernetes.client import CoreV1Api, V1Secret
 from kubernetes.client.exceptions import ApiException
 
+from api import constants
 from certs.pki import KeyPair
 
 # Create and replace race with other writers: a 409 on create means someone else created it first, a
@@ -23,9 +24,9 @@ def tls_secret(name: str, namespace: str, ca: KeyPair, serving: KeyPair) -> dict
         "metadata": {"name": name, "namespace": namespace},
         "type": "kubernetes.io/tls",
         "data": {
-            "tls.crt": _b64(serving.cert_pem),
-            "tls.key": _b64(serving.key_pem),
-            "ca.crt": _b64(ca.cert_pem),
+            constants.TLS_CERT_FILE: _b64(serving.cert_pem),
+            constants.TLS_KEY_FILE: _b64(serving.key_pem),
+            constants.CA_CERT_FILE: _b64(ca.cert_pem),
         },
     }
 

@@ -7,11 +7,9 @@ certificate in group system:masters, and the webhook's serving certificate.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,6 +26,8 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 import certs
+from api import constants
+from spo.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Pki:
 
     @property
     def ca_cert(self) -> Path:
-        return self.directory / "ca.crt"
+        return self.directory / constants.CA_CERT_FILE
 
     @property
     def admin_cert(self) -> Path:
@@ -109,7 +109,7 @@ class Pki:
 
     def create(self, webhook_dns_names: Sequence[str]) -> None:
         ca = certs.generate_ca("spo-local-ca")
-        certs.write_pair(self.directory, ca, cert_name="ca.crt", key_name="ca.key")
+        certs.write_pair(self.directory, ca, cert_name=constants.CA_CERT_FILE, key_name=constants.CA_KEY_FILE)
         apiserver = certs.issue_certificate(
             ca,
             "kube-apiserver",
@@ -275,46 +275,6 @@ class ControlPlane:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-def stop_process(pid: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout`; for processes we started (possibly by an earlier `spo up`)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None:
-            if process.poll() is not None:
-                return
-        elif not _alive(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if process is not None:
-        process.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child still answers signal 0; reap it if it is ours.
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return line.lower()
-    except OSError:
-        return ""
-    return ""
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

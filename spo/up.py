@@ -2,7 +2,8 @@
 
 `spo up` starts etcd and kube-apiserver on loopback, installs the CRDs, the operator namespace and the
 default spod, starts the operator components that exist (the webhook today) and registers the webhook
-by URL. What it started is recorded in <state>/processes.json so `spo down` stops exactly that.
+by URL (spo/bringup.py). What it started is recorded in <state>/processes.json so `spo down` stops
+exactly that. This module stays light: every `spo` command imports it to register its parsers.
 """
 
 from __future__ import annotations
@@ -11,29 +12,13 @@ import argparse
 import json
 import os
 import signal
-import ssl
-import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
-import certs
-import manifests.crds
 from api import constants
-from api.kube import api_client
-from api.types import SecurityProfilesOperatorDaemon, default_spod
-from reconciler.webhook_config import (
-    Endpoint,
-    apply_webhook_configurations,
-    desired_mutating_configuration,
-    desired_validating_configuration,
-)
-from spo import localcluster
+from spo.processes import RecordedProcess, start_time, stop_process
 
 PROCESS_FILE = "processes.json"
 
@@ -43,29 +28,8 @@ def default_state_dir() -> Path:
     return Path(base) / "spo"
 
 
-@dataclass(frozen=True)
-class RecordedProcess:
-    name: str
-    pid: int
-    start_time: str
-
-    def running(self) -> bool:
-        """Alive and still the same process (a recycled pid has another start time)."""
-        return _start_time(self.pid) == self.start_time
-
-
-def _start_time(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[1].split()
-    # fields[0] is the state (field 3); a zombie is gone for our purposes.
-    return "" if fields[0] == "Z" else fields[19]
-
-
-def _record(state_dir: Path, processes: dict[str, int], extra: dict[str, Any]) -> None:
-    recorded = [{"name": n, "pid": p, "start_time": _start_time(p)} for n, p in processes.items()]
+def record(state_dir: Path, processes: dict[str, int], extra: dict[str, Any]) -> None:
+    recorded = [{"name": n, "pid": p, "start_time": start_time(p)} for n, p in processes.items()]
     (state_dir / PROCESS_FILE).write_text(json.dumps({"processes": recorded, **extra}, indent=2))
 
 
@@ -78,87 +42,12 @@ def _recorded(state_dir: Path) -> tuple[list[RecordedProcess], dict[str, Any]]:
     return processes, data
 
 
-def _ensure_spod(api: client.ApiClient, namespace: str) -> SecurityProfilesOperatorDaemon:
-    spod = default_spod(namespace)
-    objects = client.CustomObjectsApi(api)
-    version = SecurityProfilesOperatorDaemon.VERSION
-    try:
-        objects.create_namespaced_custom_object(
-            constants.GROUP, version, namespace, "securityprofilesoperatordaemons", spod.to_dict()
-        )
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        current = objects.get_namespaced_custom_object(
-            constants.GROUP, version, namespace, "securityprofilesoperatordaemons", constants.SPOD_NAME
-        )
-        spod = SecurityProfilesOperatorDaemon.model_validate(current)
-    return spod
-
-
-def start_webhook(
-    cluster: localcluster.ControlPlane, namespace: str, port: int, name: str = "webhook"
-) -> subprocess.Popen[bytes]:
-    """`spo webhook` on 127.0.0.1:port with the cluster's webhook certificate; returns once ready."""
-    argv = [
-        sys.executable, "-m", "spo.cli", "webhook",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--cert-dir", str(cluster.pki.webhook_dir),
-        "--kubeconfig", str(cluster.kubeconfig),
-        "--namespace", namespace,
-    ]  # fmt: skip
-    with cluster.log_file(name).open("ab") as out:
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    cluster.processes[name] = process
-    context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
-    cluster.wait_until(
-        lambda: localcluster.http_ok(f"https://127.0.0.1:{port}/readyz", context), "webhook /readyz"
-    )
-    return process
-
-
-def bring_up(state_dir: Path, namespace: str, webhook_port: int) -> localcluster.ControlPlane:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    cluster = localcluster.ControlPlane(
-        state_dir,
-        localcluster.binaries_dir(progress=lambda m: print(m, flush=True)),
-        webhook_dns_names=certs.webhook_dns_names(constants.WEBHOOK_SERVICE, namespace),
-    )
-    print(f"starting etcd and kube-apiserver under {state_dir} ...", flush=True)
-    try:
-        cluster.start()
-        api = api_client(str(cluster.kubeconfig))
-        localcluster.install_crds(api, manifests.crds.all_crds())
-        localcluster.ensure_namespace(api, namespace)
-        spod = _ensure_spod(api, namespace)
-        start_webhook(cluster, namespace, webhook_port)
-        endpoint = Endpoint(url=f"https://127.0.0.1:{webhook_port}")
-        bundle = certs.ca_bundle(certs.load_pair(cluster.pki.directory, "ca.crt", "ca.key"))
-        apply_webhook_configurations(
-            api,
-            desired_mutating_configuration(spod.spec, endpoint, bundle),
-            desired_validating_configuration(endpoint, bundle),
-        )
-    except BaseException:
-        cluster.stop()
-        raise
-    _record(
-        state_dir,
-        {name: p.pid for name, p in cluster.processes.items()},
-        {"kubeconfig": str(cluster.kubeconfig), "server": cluster.url, "namespace": namespace},
-    )
-    return cluster
-
-
 def stop_recorded(state_dir: Path) -> list[str]:
     processes, _ = _recorded(state_dir)
     stopped = []
     for process in reversed(processes):
         if process.running():
-            localcluster.stop_process(process.pid)
+            stop_process(process.pid)
             stopped.append(process.name)
     (state_dir / PROCESS_FILE).unlink(missing_ok=True)
     return stopped
@@ -172,11 +61,22 @@ def _up(args: argparse.Namespace) -> int:
             f"already running under {state_dir}: {', '.join(running)} (use `spo down` first)", file=sys.stderr
         )
         return 1
+    # Imported here: the control plane, Kubernetes client and PKI are only needed by `spo up`.
+    from kubernetes.client.exceptions import ApiException
+
+    from spo.bringup import bring_up
+    from spo.localcluster import ControlPlaneError
+
     try:
         cluster = bring_up(state_dir, args.namespace, args.webhook_port)
-    except (localcluster.ControlPlaneError, ApiException, OSError) as error:
+    except (ControlPlaneError, ApiException, OSError) as error:
         print(f"spo up failed: {error}", file=sys.stderr)
         return 1
+    record(
+        state_dir,
+        {name: p.pid for name, p in cluster.processes.items()},
+        {"kubeconfig": str(cluster.kubeconfig), "server": cluster.url, "namespace": args.namespace},
+    )
     print(
         "\nThe local cluster is ready.\n"
         f"  export KUBECONFIG={cluster.kubeconfig}\n"

@@ -23,7 +23,8 @@ from reconciler.webhook_config import (
     desired_validating_configuration,
 )
 from spo import localcluster
-from spo.up import start_webhook
+from spo.bringup import start_webhook
+from spo.processes import stop_process
 
 # The spod the e2e webhook registration is computed from: exec auditing on, so every webhook is live.
 E2E_SPOD_SPEC = SPODSpec(enable_json_enricher=True)
@@ -68,7 +69,7 @@ class WebhookServer:
 
     def stop(self) -> None:
         """Stop it and forget it, so the control plane does not report it as a crashed process."""
-        localcluster.stop_process(self.process.pid, self.process)
+        stop_process(self.process.pid, self.process)
         self.cluster.processes.pop(self.name, None)
 
 

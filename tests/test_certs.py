@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import certs
+import certs.secret
 from certs.cli import register_cli
 
 DNS_NAMES = [
@@ -263,7 +264,7 @@ def test_admin_client_certificate(ca: certs.KeyPair) -> None:
 
 def test_tls_secret_round_trips_the_pems(ca: certs.KeyPair) -> None:
     serving = certs.issue_certificate(ca, "a.ns.svc", dns_names=["a.ns.svc"])
-    secret = certs.tls_secret("webhook-cert", "spo", ca, serving)
+    secret = certs.secret.tls_secret("webhook-cert", "spo", ca, serving)
     assert secret["type"] == "kubernetes.io/tls"
     assert secret["metadata"] == {"name": "webhook-cert", "namespace": "spo"}
     data = {key: base64.b64decode(value, validate=True) for key, value in secret["data"].items()}

@@ -20,7 +20,6 @@ from cryptography import x509
 
 import certs
 from api import constants
-from certs.files import TLS_CERT_NAME, TLS_KEY_NAME
 from webhooks.review import API_VERSION_V1
 from webhooks.server import CertificateReloader
 
@@ -316,7 +315,7 @@ def test_rotation_serves_the_new_certificate_without_failing_a_request(server: S
 def test_a_broken_or_mismatched_pair_is_ignored_until_valid(server: Server, pki: Pki) -> None:
     context = pki.client_context()
     first, second = serial_of(pki.first), serial_of(pki.second)
-    cert_file, key_file = pki.cert_dir / TLS_CERT_NAME, pki.cert_dir / TLS_KEY_NAME
+    cert_file, key_file = pki.cert_dir / constants.TLS_CERT_FILE, pki.cert_dir / constants.TLS_KEY_FILE
 
     key_file.write_bytes(pki.second.key_pem)  # the new key next to the old certificate
     wait_for(lambda: "keeping the current certificate" in server.logs(), 10, "the mismatch to be reported")
@@ -376,7 +375,7 @@ def _refused(port: int) -> bool:
 
 
 def test_reloader_loads_only_changed_and_valid_pairs(pki: Pki) -> None:
-    cert_file, key_file = pki.cert_dir / TLS_CERT_NAME, pki.cert_dir / TLS_KEY_NAME
+    cert_file, key_file = pki.cert_dir / constants.TLS_CERT_FILE, pki.cert_dir / constants.TLS_KEY_FILE
     reloader = CertificateReloader(cert_file, key_file, interval=60)
     assert reloader.context.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert reloader.check() is False  # nothing changed
@@ -425,13 +424,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_refuses_missing_certificate_files(tmp_path: Path) -> None:
     result = run_cli("--cert-dir", str(tmp_path))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"spo webhook: error: missing {tmp_path / TLS_CERT_NAME} and {tmp_path / TLS_KEY_NAME}"
-    ]
+    missing = f"{tmp_path / constants.TLS_CERT_FILE} and {tmp_path / constants.TLS_KEY_FILE}"
+    assert result.stderr.strip().splitlines() == [f"spo webhook: error: missing {missing}"]
 
 
 def test_cli_refuses_a_mismatched_pair(pki: Pki) -> None:
-    (pki.cert_dir / TLS_KEY_NAME).write_bytes(pki.second.key_pem)
+    (pki.cert_dir / constants.TLS_KEY_FILE).write_bytes(pki.second.key_pem)
     result = run_cli("--cert-dir", str(pki.cert_dir))
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()

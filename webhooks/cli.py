@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from api import constants
-from certs.files import TLS_CERT_NAME, TLS_KEY_NAME
 
 # argparse's own usage errors exit with 2; unusable certificate files get the same code.
 _USAGE_ERROR = 2
@@ -43,7 +42,10 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         type=Path,
         default=Path(constants.WEBHOOK_CERT_DIR),
         metavar="DIR",
-        help=f"directory holding {TLS_CERT_NAME} and {TLS_KEY_NAME} (default: {constants.WEBHOOK_CERT_DIR})",
+        help=(
+            f"directory holding {constants.TLS_CERT_FILE} and {constants.TLS_KEY_FILE} "
+            f"(default: {constants.WEBHOOK_CERT_DIR})"
+        ),
     )
     parser.add_argument(
         "--kubeconfig",
@@ -70,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     from webhooks.server import serve, server_context
 
     cert_dir: Path = args.cert_dir
-    cert_file, key_file = cert_dir / TLS_CERT_NAME, cert_dir / TLS_KEY_NAME
+    cert_file, key_file = cert_dir / constants.TLS_CERT_FILE, cert_dir / constants.TLS_KEY_FILE
     # Checked before any watch starts, so a missing Secret mount fails fast with one line.
     missing = [str(path) for path in (cert_file, key_file) if not path.is_file()]
     if missing:

@@ -8,6 +8,7 @@ import pytest
 from kubernetes import client
 
 import certs
+import certs.secret
 
 pytestmark = pytest.mark.e2e
 
@@ -17,9 +18,11 @@ def test_tls_secret_is_created_then_replaced(kube: client.ApiClient, namespace: 
     ca = certs.generate_ca()
     dns = certs.webhook_dns_names("webhook-service", namespace)
     first = certs.issue_certificate(ca, dns[0], dns_names=dns)
-    certs.apply_tls_secret(core, certs.tls_secret("webhook-server-cert", namespace, ca, first))
+    certs.secret.apply_tls_secret(core, certs.secret.tls_secret("webhook-server-cert", namespace, ca, first))
     renewed = certs.issue_certificate(ca, dns[0], dns_names=dns)
-    certs.apply_tls_secret(core, certs.tls_secret("webhook-server-cert", namespace, ca, renewed))
+    certs.secret.apply_tls_secret(
+        core, certs.secret.tls_secret("webhook-server-cert", namespace, ca, renewed)
+    )
 
     stored = core.read_namespaced_secret("webhook-server-cert", namespace)
     assert stored.type == "kubernetes.io/tls"
