@@ -392,11 +392,6 @@ SKIPPED = [
         id="apparmor-logs",
     ),
     pytest.param(
-        _with_spec(SECCOMP_LOGS, pod_selector=None),
-        "skipped: it has no podSelector",
-        id="no-selector",
-    ),
-    pytest.param(
         ProfileRecording.model_validate(
             SECCOMP_LOGS.to_dict()
             | {

@@ -154,10 +154,7 @@ def _unusable(recording: ProfileRecording) -> str | None:
     spec = recording.spec
     if (spec.kind, spec.recorder) not in _PREFIXES:
         return f"recorder {spec.recorder} cannot record kind {spec.kind}"
-    selector = spec.pod_selector
-    if selector is None:
-        return "it has no podSelector"
-    for requirement in selector.match_expressions or []:
+    for requirement in spec.pod_selector.match_expressions or []:
         needs_values = requirement.operator in ("In", "NotIn")
         if needs_values != bool(requirement.values):
             expectation = "needs values" if needs_values else "must not have values"
