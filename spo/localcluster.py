@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "controlplane" / "build.sh"
 START_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 5.0
 
 # Docs 7.9.12-7.9.15 read who exec'd and the webhooks' audit annotations (Metadata level); exec
 # sessions are kept at Request level so the event also shows the patch the webhook made.
@@ -269,7 +270,9 @@ class ControlPlane:
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
-            stop_process(process.pid, process)
+            # kube-apiserver's graceful shutdown can wait on clients that keep reconnecting (a watch
+            # cache, say) well past this; the data is test or local data, so it is then killed.
+            stop_process(process.pid, process, timeout=STOP_TIMEOUT_SECONDS)
         self.processes.clear()
 
     def destroy(self) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from api import kinds
-from api.kube import ResourceCache
+from api.kube import ResourceCache, api_client
 from api.types import ProfileBinding
+from manifests.crds import crd
+from spo import localcluster
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +87,24 @@ def test_cache_lists_again_after_410_gone(
         assert cache.get("first", namespace) is not None
     finally:
         cache.stop()
+
+
+def test_cache_reconnects_after_the_apiserver_restarts(tmp_path: Path) -> None:
+    cluster = localcluster.ControlPlane(tmp_path / "cluster", localcluster.binaries_dir())
+    cluster.start()
+    try:
+        kube = api_client(str(cluster.kubeconfig))
+        localcluster.install_crds(kube, [crd(kinds.PROFILE_BINDING)])
+        localcluster.ensure_namespace(kube, "restart")
+        cache = ResourceCache(kube, kinds.PROFILE_BINDING, ProfileBinding).start()
+        assert cache.wait_synced(10)
+        cluster.stop()
+        cluster.start()  # same data and port: a restart, as after an apiserver upgrade
+        objects = client.CustomObjectsApi(kube)
+        objects.create_namespaced_custom_object(
+            GROUP, VERSION, "restart", PLURAL, _binding("after-restart", "a")
+        )
+        _eventually(lambda: cache.get("after-restart", "restart") is not None, timeout=60)
+        cache.stop()
+    finally:
+        cluster.destroy()
