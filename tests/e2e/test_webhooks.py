@@ -315,3 +315,67 @@ def test_replicas_give_identical_answers(
         second.stop()
     assert "patch" in answers[0]["response"]
     assert answers[0] == answers[1]
+
+
+def _audit_annotation(audit_log: Path, namespace: str, name: str, key: str, subresource: str | None) -> str:
+    deadline = time.monotonic() + 10
+    while True:
+        for event in map(json.loads, audit_log.read_text().splitlines()):
+            ref = event.get("objectRef", {})
+            if (
+                ref.get("namespace") == namespace
+                and ref.get("name") == name
+                and ref.get("subresource") == subresource
+                and key in event.get("annotations", {})
+            ):
+                return str(event["annotations"][key])
+        assert time.monotonic() < deadline, f"no audit event for {namespace}/{name} with {key}"
+        time.sleep(0.2)
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def test_kubectl_debug_ephemeral_container_gets_the_request_uid(
+    control_plane: localcluster.ControlPlane, webhook_server: WebhookServer, namespace: str
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    assert _create_pod(kubeconfig, namespace, TEST_POD).returncode == 0
+    kubectl(
+        kubeconfig, "-n", namespace, "debug", "test-pod", "--image=busybox", "--container=dbg", "--", "sh"
+    )
+    pod = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "test-pod")
+    (debugger,) = pod["spec"]["ephemeralContainers"]
+    uid = _env(debugger)["SPO_EXEC_REQUEST_UID"]
+    audited = _audit_annotation(
+        control_plane.audit_log,
+        namespace,
+        "test-pod",
+        "execmetadata.spo.io/SPO_EXEC_REQUEST_UID",
+        "ephemeralcontainers",
+    )
+    assert uid == audited
+
+
+def test_kubectl_debug_node_pod_gets_the_request_uid(
+    control_plane: localcluster.ControlPlane, webhook_server: WebhookServer, namespace: str
+) -> None:
+    kubeconfig = control_plane.kubeconfig
+    node = f"worker-{namespace}"
+    kubectl(
+        kubeconfig,
+        "create",
+        "-f",
+        "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}),
+    )
+    created = kubectl(kubeconfig, "-n", namespace, "debug", f"node/{node}", "--image=busybox", "--", "sh")
+    pod_name = created.stdout.split("Creating debugging pod ")[1].split()[0]
+    pod = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", pod_name)
+    assert pod["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl-debug"
+    uid = _env(pod["spec"]["containers"][0])["SPO_EXEC_REQUEST_UID"]
+    audited = _audit_annotation(
+        control_plane.audit_log, namespace, pod_name, "nodedebuggingpod.spo.io/SPO_EXEC_REQUEST_UID", None
+    )
+    assert uid == audited
