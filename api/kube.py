@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar, cast
 
 import pydantic
@@ -56,7 +56,6 @@ class ResourceCache(Generic[R]):
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stopping = threading.Event()
-        self._listeners: list[Callable[[], None]] = []
         self._stream: watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, name=f"cache-{kind.plural}", daemon=True)
 
@@ -67,18 +66,11 @@ class ResourceCache(Generic[R]):
     def in_namespace(self, namespace: str) -> tuple[R, ...]:
         return self._by_namespace.get(namespace, ())
 
-    def items(self) -> list[R]:
-        return list(self._objects.values())
-
     def has_synced(self) -> bool:
         return self._synced.is_set()
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
-
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """Called (from the cache's thread) after every change, e.g. to wake a reconciler."""
-        self._listeners.append(listener)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> ResourceCache[R]:
@@ -129,7 +121,6 @@ class ResourceCache(Generic[R]):
             self._objects = fresh
             self._reindex()
         self._synced.set()
-        self._notify()
         return str(listing["metadata"]["resourceVersion"])
 
     def _watch(self, resource_version: str) -> str:
@@ -164,7 +155,6 @@ class ResourceCache(Generic[R]):
                     objects[key] = parsed
             self._objects = objects
             self._reindex()
-        self._notify()
 
     def _reindex(self) -> None:
         grouped: dict[str, list[R]] = {}
@@ -188,7 +178,3 @@ class ResourceCache(Generic[R]):
                 error,
             )
             return None
-
-    def _notify(self) -> None:
-        for listener in self._listeners:
-            listener()

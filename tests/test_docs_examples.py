@@ -7,7 +7,7 @@ import pydantic
 import pytest
 
 from api import kinds
-from api.types import SecurityProfilesOperatorDaemon
+from api.types import ProfileState, SecurityProfilesOperatorDaemon
 from tests.docs_examples import (
     DOCS,
     default_spod_dict,
@@ -117,3 +117,12 @@ def test_invalid_input_is_rejected_naming_the_field(obj: dict[str, Any], field: 
 def test_valid_recording_combinations_are_accepted() -> None:
     for kind, recorder in [("SeccompProfile", "logs"), ("SeccompProfile", "bpf"), ("SelinuxProfile", "logs")]:
         kinds.parse(_recording(kind, recorder))
+
+
+def test_profile_states_order_from_error_to_installed() -> None:
+    """A profile's aggregate state is the lowest of its nodes' states (inventory §1.1)."""
+    ordered = sorted(ProfileState, key=lambda state: state.rank)
+    assert [s.value for s in ordered] == [
+        "Error", "Terminating", "Partial", "Disabled", "Pending", "InProgress", "Installed",
+    ]  # fmt: skip
+    assert min([ProfileState.INSTALLED, ProfileState.PENDING], key=lambda s: s.rank) is ProfileState.PENDING

@@ -68,14 +68,14 @@ def _profile(kind: str, name: str) -> dict[str, Any]:
     }
 
 
-def _wait_for_cache(kubeconfig: Path, namespace: str, expect: str) -> str:
-    """The webhook's caches are eventually consistent: retry a dry-run create until the binding shows."""
+def _wait_for_cache(kubeconfig: Path, namespace: str, expect: str, pod: dict[str, Any] = TEST_POD) -> str:
+    """The webhook's caches are eventually consistent: retry a dry-run create until `expect` shows."""
     deadline = time.monotonic() + 15
     output = ""
     while time.monotonic() < deadline:
         result = kubectl(
             kubeconfig, "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-            stdin=yaml.safe_dump(TEST_POD), check=False,
+            stdin=yaml.safe_dump(pod), check=False,
         )  # fmt: skip
         output = result.stdout + result.stderr
         if expect in output:
@@ -176,15 +176,7 @@ def test_recording_as_in_the_docs(
             ],
         },
     }
-    deadline = time.monotonic() + 15
-    while True:
-        created = kubectl(
-            kubeconfig, "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-            stdin=yaml.safe_dump(my_pod),
-        )  # fmt: skip
-        if "io.containers.trace-logs/nginx" in created.stdout or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    _wait_for_cache(kubeconfig, namespace, "io.containers.trace-logs/nginx", my_pod)
     kubectl(kubeconfig, "-n", namespace, "create", "-f", "-", stdin=yaml.safe_dump(my_pod))
     pod = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "my-pod")
     annotations = pod["metadata"]["annotations"]
@@ -216,8 +208,7 @@ def test_exec_request_uid_reaches_the_audit_log(
         check=False,
     )
     assert "does not have a host assigned" in result.stderr
-    events = _exec_audit_events(control_plane.audit_log, namespace)
-    assert events, "no pods/exec audit event"
+    events = _audit_events(control_plane.audit_log, namespace, "exec")
     for event in events:
         uid = event["annotations"]["execmetadata.spo.io/SPO_EXEC_REQUEST_UID"]
         patch_key = next(k for k in event["annotations"] if k.startswith("patch.webhook.admission.k8s.io/"))
@@ -232,19 +223,31 @@ def test_exec_request_uid_reaches_the_audit_log(
         ]
 
 
-def _exec_audit_events(audit_log: Path, namespace: str) -> list[dict[str, Any]]:
+def _audit_events(
+    audit_log: Path, namespace: str, subresource: str | None, name: str | None = None
+) -> list[dict[str, Any]]:
+    """Completed audit events on pods of the namespace (or one pod), once the apiserver has written some."""
     deadline = time.monotonic() + 10
     while True:
         events = [
             event
             for event in map(json.loads, audit_log.read_text().splitlines())
-            if event.get("objectRef", {}).get("subresource") == "exec"
-            and event["objectRef"].get("namespace") == namespace
-            and event.get("stage") == "ResponseComplete"
+            if event.get("stage") == "ResponseComplete"
+            and (ref := event.get("objectRef", {})).get("namespace") == namespace
+            and ref.get("subresource") == subresource
+            and name in (None, ref.get("name"))
         ]
-        if events or time.monotonic() > deadline:
+        if events:
             return events
+        assert time.monotonic() < deadline, (
+            f"no audit event for {namespace}/{name or '*'} {subresource or ''}"
+        )
         time.sleep(0.2)
+
+
+def _audit_annotation(audit_log: Path, namespace: str, name: str, key: str, subresource: str | None) -> str:
+    events = _audit_events(audit_log, namespace, subresource, name)
+    return next(str(e["annotations"][key]) for e in events if key in e.get("annotations", {}))
 
 
 def test_in_cluster_service_form_configurations_are_accepted(
@@ -315,22 +318,6 @@ def test_replicas_give_identical_answers(
         second.stop()
     assert "patch" in answers[0]["response"]
     assert answers[0] == answers[1]
-
-
-def _audit_annotation(audit_log: Path, namespace: str, name: str, key: str, subresource: str | None) -> str:
-    deadline = time.monotonic() + 10
-    while True:
-        for event in map(json.loads, audit_log.read_text().splitlines()):
-            ref = event.get("objectRef", {})
-            if (
-                ref.get("namespace") == namespace
-                and ref.get("name") == name
-                and ref.get("subresource") == subresource
-                and key in event.get("annotations", {})
-            ):
-                return str(event["annotations"][key])
-        assert time.monotonic() < deadline, f"no audit event for {namespace}/{name} with {key}"
-        time.sleep(0.2)
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
