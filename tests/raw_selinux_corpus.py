@@ -73,7 +73,6 @@ ESCAPES = [
         INHERIT + "(allow container.process shadow_t (file (read)))",
         "(allow container.process",
     ),
-    Escape("no-template-process", "(allow process shadow_t (file (read)))", "(allow process shadow_t"),
     Escape("dontaudit-global", INHERIT + "(dontaudit init_t shadow_t (file (read)))", "(dontaudit"),
     Escape("auditallow-global", INHERIT + "(auditallow init_t shadow_t (file (read)))", "(auditallow"),
     Escape("allowx-global", INHERIT + "(allowx init_t shadow_t (ioctl file (0x5401)))", "(allowx"),

@@ -117,6 +117,11 @@ NOT_POLICIES = [
         "the form is (typepermissive <own type>)",
         id="typepermissive-two-names",
     ),
+    pytest.param(
+        "(allow process var_log_t (file (read)))",
+        "'process' is not this profile's own type (none)",
+        id="process-without-template-or-declaration",
+    ),
     pytest.param(INHERIT + "(type a.b)", "a type is declared as (type <name>)", id="dotted-type"),
     pytest.param(INHERIT + "(type a b)", "a type is declared as (type <name>)", id="type-two-names"),
     pytest.param("(blockinherit unconfined)", "only a template from the spod's", id="template-not-allowed"),
