@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api import cil
 from api.cil import Atom, CilSyntaxError, Expr, parse
@@ -85,3 +87,20 @@ def test_nesting_up_to_the_limit_parses_without_recursion() -> None:
         assert isinstance(node, Expr)
         (node,) = node.items
     assert node == Expr((), 1, depth - 1, depth + 1)
+
+
+# Pieces that matter to the lexer, so random texts hit its corners (strings, comments, line ends).
+FRAGMENTS = ["(", ")", '"', ";", "\r", "\n", " ", "\t", "\f", "a", "é", "allow", "process", "(file (read))"]
+
+
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=60).map("".join))
+def test_any_text_parses_or_is_refused_and_each_list_reparses_alone(text: str) -> None:
+    try:
+        nodes = parse(text)
+    except CilSyntaxError as error:
+        assert error.line >= 1
+        return
+    for node in nodes:
+        if isinstance(node, Expr):
+            (again,) = parse(text[node.start : node.end])
+            assert shape(again) == shape(node)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from api import constants
+from api import cil, constants
 from api.types import RawSelinuxProfile, SecurityProfilesOperatorDaemon
 from tests.raw_selinux_corpus import ACCEPTED, ESCAPES, INHERIT, Escape, Policy
 from tests.test_decisions_support import admission, spod
@@ -241,3 +243,36 @@ def test_other_requests_are_allowed(kind: str, operation: str) -> None:
     request = admission(raw_profile("(typepermissive spc_t)"), operation=operation, kind=kind, namespace="")
 
     assert decide_raw_selinux(request, StaticSnapshot()).allowed
+
+
+STATEMENT_PIECES = [
+    INHERIT,
+    "(allow process var_log_t (file (read)))",
+    "(allow init_t shadow_t (file (read)))",
+    "(typepermissive process)",
+    "(type t)",
+    "(typeattributeset domain (process))",
+    "(",
+    ")",
+    '"',
+    ";",
+    "\r",
+    "\n",
+    " ",
+    "x",
+]
+
+
+@given(st.lists(st.sampled_from(STATEMENT_PIECES), max_size=30).map("".join))
+def test_any_policy_text_gets_an_answer(policy: str) -> None:
+    decision = decide(raw_profile(policy))
+
+    assert decision.code in (200, 403)
+    assert decision.allowed == (decision.code == 200)
+    if not decision.allowed:
+        assert decision.message.startswith(("invalid policy: ", "policy must not be empty"))
+        return
+    for statement in cil.parse(policy):
+        assert isinstance(statement, cil.Expr)
+        assert isinstance(statement.items[0], cil.Atom)
+        assert statement.items[0].text in {cil.ALLOW, cil.BLOCKINHERIT, cil.TYPE, cil.TYPEPERMISSIVE}
