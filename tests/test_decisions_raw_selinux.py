@@ -147,6 +147,13 @@ def test_malformed_policies_are_refused(policy: Any, message: str) -> None:
     assert message in decision.message
 
 
+def test_a_long_string_is_quoted_in_part() -> None:
+    decision = decide(raw_profile(INHERIT + '(typetransition process etc_t file "' + "x" * 1000 + '" etc_t)'))
+
+    assert "quoted strings such as 'xxx" in decision.message
+    assert len(decision.message) < 1000
+
+
 def test_a_long_statement_is_quoted_in_part() -> None:
     decision = decide(raw_profile(INHERIT + "(allow init_t shadow_t (file (" + "read " * 1000 + ")))"))
 

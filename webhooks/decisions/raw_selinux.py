@@ -119,7 +119,7 @@ def _statement_problem(
         return "a policy is a list of statements in parentheses"
     quoted = _first_string(statement)
     if quoted is not None:
-        return f'quoted strings such as "{quoted.text}" are not allowed (secilc reads them as names)'
+        return f"quoted strings such as {_shorten(quoted.text)} are not allowed (secilc reads them as names)"
     keyword, arguments = _keyword(statement), statement.items[1:]
     if keyword == cil.BLOCKINHERIT:
         template = _symbol(arguments[0]) if len(arguments) == 1 else None
@@ -192,7 +192,13 @@ def _first_string(statement: cil.Expr) -> cil.Atom | None:
 
 
 def _quote(policy: str, statement: cil.Node) -> str:
-    text = policy[statement.start : statement.end] if isinstance(statement, cil.Expr) else statement.text
+    return _shorten(
+        policy[statement.start : statement.end] if isinstance(statement, cil.Expr) else statement.text
+    )
+
+
+def _shorten(text: str) -> str:
+    """`text` on one line, cut to a length a message can carry, quoted."""
     text = " ".join(text.split())
     return repr(text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "...")
 
