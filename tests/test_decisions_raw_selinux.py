@@ -54,6 +54,16 @@ def test_escapes_are_refused_quoting_the_statement(escape: Escape) -> None:
     assert escape.culprit in decision.message
 
 
+@pytest.mark.parametrize(
+    "statement", ["(typetransition .init_t .bin_t process .spc_t)", "(typeattributeset .domain (process))"]
+)
+def test_the_issues_examples_are_refused(statement: str) -> None:
+    decision = decide(raw_profile(INHERIT + statement))
+
+    assert not decision.allowed
+    assert f"{statement!r} (line 2) is not allowed" in decision.message
+
+
 NOT_POLICIES = [
     pytest.param("", "policy must not be empty", id="empty"),
     pytest.param("   \n\t  ", "policy must not be empty", id="whitespace"),
