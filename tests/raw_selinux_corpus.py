@@ -55,6 +55,7 @@ ACCEPTED = [
         "(allow process var_log_t (file (read)));)\n",
     ),
     Policy("self-target", INHERIT + "(allow process self (capability (chown)))\n"),
+    Policy("transition-to-self", INHERIT + "(allow process self (process (transition getattr)))\n"),
     Policy(
         "own-declared-type",
         INHERIT + "(type logdir)\n(allow process logdir (dir (read)))\n(allow logdir self (file (read)))\n",
@@ -131,6 +132,16 @@ ESCAPES = [
     # Roles and users.
     Escape("roletype-global-role", INHERIT + "(roletype sysadm_r process)", "(roletype"),
     Escape("roleallow", INHERIT + "(roleallow system_r sysadm_r)", "(roleallow"),
+    Escape(
+        "allow-transition-to-spc",
+        INHERIT + "(allow process spc_t (process (transition)))",
+        "(allow process spc_t",
+    ),
+    Escape(
+        "allow-dyntransition-global",
+        INHERIT + "(allow process sysadm_t (process (getattr dyntransition)))",
+        "(allow process sysadm_t",
+    ),
     Escape("roletransition", INHERIT + "(roletransition system_r bin_t process sysadm_r)", "(roletransition"),
     Escape(
         "role-for-global-type", INHERIT + "(role r)\n(roletype r init_t)\n(userrole system_u r)", "(role r)"

@@ -10,7 +10,9 @@ templates use, in the shapes that keep them inside the block.
 - `(blockinherit <template>)`, with a template the spod's `allowedSystemProfiles` names;
 - `(type <name>)`, a new type of this block;
 - `(allow <own> <target> (<class> (<permission> ...)))`, where `<own>` is the block's domain `process`
-  (declared by the inherited template) or a type the policy declares; the target may be any type;
+  (declared by the inherited template) or a type the policy declares; the target may be any type,
+  except that a domain transition (`process` `transition`/`dyntransition`) may only go to an own type:
+  a permission to enter `spc_t` is a way out of the block as much as a `typetransition` is;
 - `(typepermissive <own>)`, what SelinuxProfile's `permissive: true` (docs 7.7.2.1) produces.
 
 Anything else is refused with the statement quoted. So are quoted strings, which secilc reads as
@@ -43,6 +45,9 @@ ALLOWED_STATEMENTS: Final = (
 # What CIL accepts as a declared name: a letter, then letters, digits, '_' and '-' (no '.', no '/').
 _DECLARED_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _QUOTE_LIMIT: Final = 160
+_PROCESS_CLASS: Final = "process"
+_SELF: Final = "self"
+_DOMAIN_TRANSITIONS: Final = frozenset({"transition", "dyntransition"})
 
 
 def decide_raw_selinux(request: Mapping[str, Any], snapshot: Snapshot) -> Decision:
@@ -141,6 +146,8 @@ def _statement_problem(
     if keyword == cil.ALLOW:
         if len(arguments) != 3 or _symbol(arguments[1]) is None or not _is_class_permissions(arguments[2]):
             return "the form is (allow <own type> <target type> (<class> (<permission> ...)))"
+        if _transitions(arguments[2]) and _symbol(arguments[1]) not in {*own, _SELF}:
+            return "a domain may only transition to a type of this profile (process transition)"
         return _own_problem(arguments[0], own)
     if keyword is None:
         return "a statement starts with its keyword"
@@ -167,6 +174,16 @@ def _is_class_permissions(node: cil.Node) -> bool:
         and bool(permissions.items)
         and all(_symbol(permission) is not None for permission in permissions.items)
     )
+
+
+def _transitions(class_permissions: cil.Node) -> bool:
+    """Whether an allow rule's `(<class> (<permission> ...))` grants a domain transition."""
+    if not isinstance(class_permissions, cil.Expr) or len(class_permissions.items) != 2:
+        return False
+    klass, permissions = class_permissions.items
+    if _symbol(klass) != _PROCESS_CLASS or not isinstance(permissions, cil.Expr):
+        return False
+    return not _DOMAIN_TRANSITIONS.isdisjoint(_symbol(permission) for permission in permissions.items)
 
 
 def _keyword(statement: cil.Node) -> str | None:
