@@ -5,20 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from api import constants
+from api import cil, constants
 from api.types import RawSelinuxProfile, SecurityProfilesOperatorDaemon
+from tests.raw_selinux_corpus import ACCEPTED, ESCAPES, INHERIT, Escape, Policy
 from tests.test_decisions_support import admission, spod
 from webhooks.decisions import decide_raw_selinux
 from webhooks.snapshot import StaticSnapshot
 
 KIND = RawSelinuxProfile.KIND
-# Upstream's examples/rawselinuxprofile.yaml, which upstream's own validation rejects.
-ERRORLOGGER = """(blockinherit container)
-(allow process var_log_t ( dir ( open read getattr lock search ioctl add_name remove_name write )))
-(allow process var_log_t ( file ( getattr read write append ioctl lock map open create  )))
-(allow process var_log_t ( sock_file ( getattr read write append open  )))
-"""
+ERRORLOGGER = next(policy.text for policy in ACCEPTED if policy.id == "upstream-errorlogger")
 
 
 def raw_profile(policy: Any, name: str = "errorlogger") -> dict[str, Any]:
@@ -35,119 +33,142 @@ def decide(obj: Any, operation: str = "CREATE", daemon: SecurityProfilesOperator
     return decide_raw_selinux(request, StaticSnapshot(daemon=daemon))
 
 
-ALLOWED = [
-    pytest.param("(allow container_t shadow_t (file (read open)))", id="basic"),
-    pytest.param(ERRORLOGGER, id="upstream-example-blockinherit-container"),
-    pytest.param("(blockinherit container)", id="blockinherit-container"),
-    pytest.param(
-        "(  blockinherit\n\tcontainer ) ; inherit the template\n(allow process self (file (read)))",
-        id="spacing",
-    ),
-    pytest.param("(((( )))) () (())", id="deeply-nested-balanced"),
-    pytest.param("(allow typepermissive file (read))", id="restricted-keyword-as-argument"),
-    pytest.param(
-        "(type my_container_t) (typealias my_alias_t (my_container_t))", id="similar-allowed-directives"
-    ),
-    pytest.param(
-        "(allow process self (file (read))) ; a comment with ) and (block x", id="parens-in-comment"
-    ),
-    pytest.param('(typetransition process var_log_t file "a ) (block x" var_log_t)', id="parens-in-string"),
-    pytest.param("(allow process self (file (read)));)\n", id="comment-right-after-close"),
-]
-
-
-@pytest.mark.parametrize("policy", ALLOWED)
-def test_policy_allowed(policy: str) -> None:
-    decision = decide(raw_profile(policy))
+@pytest.mark.parametrize("policy", ACCEPTED, ids=lambda policy: policy.id)
+def test_docs_and_upstream_policies_are_accepted(policy: Policy) -> None:
+    decision = decide(raw_profile(policy.text))
 
     assert decision.allowed, decision.message
     assert decision.patch == []
 
 
-DENIED = [
+def test_the_corpus_has_the_escapes_the_issue_asks_for() -> None:
+    assert len({escape.id for escape in ESCAPES}) == len(ESCAPES) >= 30
+
+
+@pytest.mark.parametrize("escape", ESCAPES, ids=lambda escape: escape.id)
+def test_escapes_are_refused_quoting_the_statement(escape: Escape) -> None:
+    decision = decide(raw_profile(escape.text))
+
+    assert not decision.allowed
+    assert decision.code == 403
+    assert escape.culprit in decision.message
+
+
+@pytest.mark.parametrize(
+    "statement", ["(typetransition .init_t .bin_t process .spc_t)", "(typeattributeset .domain (process))"]
+)
+def test_the_issues_examples_are_refused(statement: str) -> None:
+    decision = decide(raw_profile(INHERIT + statement))
+
+    assert not decision.allowed
+    assert f"{statement!r} (line 2) is not allowed" in decision.message
+
+
+NOT_POLICIES = [
     pytest.param("", "policy must not be empty", id="empty"),
     pytest.param("   \n\t  ", "policy must not be empty", id="whitespace"),
     pytest.param(None, "policy must be a string, got null", id="null"),
-    pytest.param(["(allow a b (c (d)))"], "policy must be a string, got array", id="list"),
+    pytest.param(["(allow process self (file (read)))"], "policy must be a string, got array", id="list"),
     pytest.param(
-        "(allow container_t \x00 shadow_t (file (read)))", "policy must not contain null bytes", id="nul"
+        "(allow process \x00 shadow_t (file (read)))", "policy must not contain null bytes", id="nul"
     ),
-    pytest.param("(allow a \ud800 (file (read)))", "policy must be valid UTF-8", id="lone-surrogate"),
+    pytest.param("(allow process \ud800 (file (read)))", "policy must be valid UTF-8", id="lone-surrogate"),
     pytest.param(
-        ") (typepermissive spc_t) (block x",
-        "invalid policy: unmatched closing parenthesis ')' allows block escape (line 1)",
-        id="block-escape",
-    ),
-    pytest.param(
-        "(allow a b (c (d))) ) (block evil",
-        "invalid policy: unmatched closing parenthesis ')' allows block escape",
-        id="injection-after-balanced-statement",
+        INHERIT + "(allow process self (file (read))) ) (block x",
+        "invalid policy: unmatched closing parenthesis ')' allows block escape (line 2)",
+        id="unmatched-close",
     ),
     pytest.param(
-        "(allow container_t self (capability (sys_admin))) ) \n"
-        "\t\t\t(typepermissive spc_t) (allow container_t shadow_t (file (read open))) (block x",
-        "unmatched closing parenthesis",
-        id="upstream-cve-payload",
+        "(allow process self (file (read)",
+        "invalid policy: 2 unclosed parenthesis '(' (line 1)",
+        id="unclosed",
     ),
     pytest.param(
-        "(allow container_t (file (read)", "invalid policy: unbalanced parentheses", id="unbalanced-open"
-    ),
-    pytest.param(
-        '(allow a b (file (read))) "unterminated ) (block x',
-        "invalid policy: unterminated string on line 1",
+        INHERIT + '(allow process self (file (read))) "unterminated ) (block x',
+        "invalid policy: unterminated string (line 2)",
         id="unterminated-string",
     ),
     pytest.param(
-        '(allow a b (file (read)))\n(typetransition a b file "x\n) (block evil" b)',
-        "unterminated string on line 2",
+        INHERIT + '(typetransition a b file "x\n) (block evil" b)',
+        "unterminated string (line 2)",
         id="string-across-lines",
     ),
     pytest.param(
-        "(typepermissive spc_t)",
-        "invalid policy: use of restricted global directive 'typepermissive' is not allowed",
-        id="typepermissive",
+        INHERIT + "(allow process self (file (read)))\f", "invalid character '\\x0c'", id="form-feed"
     ),
-    pytest.param("(classorder (file dir))", "restricted global directive 'classorder'", id="classorder"),
-    pytest.param("( \t \n typepermissive spc_t)", "directive 'typepermissive'", id="irregular-spacing"),
-    pytest.param("(TYPEPERMISSIVE spc_t)", "directive 'typepermissive'", id="capitalised"),
+    pytest.param(INHERIT + "(allow process café (file (read)))", "invalid character 'é'", id="non-ascii"),
     pytest.param(
-        "(allow my_t my_test_t (file (read))) (mls (sensitivity s0))",
-        "restricted global directive 'mls'",
-        id="embedded-mls",
+        INHERIT + "(" * 5000 + ")" * 5000, "parentheses nested deeper than 4096", id="nested-too-deep"
     ),
     pytest.param(
-        "( ; hide it\n typepermissive spc_t)", "directive 'typepermissive'", id="comment-before-directive"
+        "blockinherit container", "a policy is a list of statements in parentheses", id="bare-words"
     ),
-    pytest.param('("typepermissive" spc_t)', "directive 'typepermissive'", id="quoted-directive"),
-    pytest.param("(typepermissive.x spc_t)", "directive 'typepermissive'", id="directive-prefix"),
+    pytest.param(INHERIT + "()", "a statement starts with its keyword", id="empty-statement"),
+    pytest.param(INHERIT + "((allow) process)", "a statement starts with its keyword", id="list-as-keyword"),
     pytest.param(
-        "(blockinherit unconfined)", "directive 'blockinherit'", id="blockinherit-not-allowed-template"
+        INHERIT + "(ALLOW process self (file (read)))", "'ALLOW' is not a statement", id="capitalised"
     ),
     pytest.param(
-        "(blockinherit container extra)", "directive 'blockinherit'", id="blockinherit-extra-argument"
+        INHERIT + "(allow process self (file read))",
+        "the form is (allow <own type>",
+        id="permissions-not-a-list",
     ),
-    pytest.param("(blockinherit (container))", "directive 'blockinherit'", id="blockinherit-list-argument"),
-    pytest.param("(BlockInherit container)", "directive 'blockinherit'", id="blockinherit-capitalised"),
-    pytest.param("(in container (allow process self (file (write))))", "directive 'in'", id="in-other-block"),
+    pytest.param(INHERIT + "(allow process self (file ()))", "the form is (allow", id="no-permissions"),
     pytest.param(
-        "(allow a b (file (read (blockinherit container))))",
-        "directive 'blockinherit'",
-        id="blockinherit-nested",
+        INHERIT + "(allow process self (file (read (write))))",
+        "the form is (allow",
+        id="permission-expression",
     ),
-    pytest.param("(block inner (allow a b (file (read))))", "directive 'block'", id="block"),
-    pytest.param("(optional o (allow a b (file (read))))", "directive 'optional'", id="optional"),
-    pytest.param("(userrole unconfined_u system_r)", "directive 'userrole'", id="userrole"),
-    pytest.param('(filecon "/etc/shadow" file ())', "directive 'filecon'", id="filecon"),
+    pytest.param(INHERIT + "(allow process (self) (file (read)))", "the form is (allow", id="list-target"),
+    pytest.param(INHERIT + "(allow process self)", "the form is (allow", id="no-class"),
+    pytest.param(
+        INHERIT + "(allow (process) self (file (read)))", "a list is not this profile's", id="list-source"
+    ),
+    pytest.param(
+        INHERIT + "(typepermissive process extra)",
+        "the form is (typepermissive <own type>)",
+        id="typepermissive-two-names",
+    ),
+    pytest.param(
+        "(allow process var_log_t (file (read)))",
+        "'process' is not this profile's own type (none)",
+        id="process-without-template-or-declaration",
+    ),
+    pytest.param(INHERIT + "(type a.b)", "a type is declared as (type <name>)", id="dotted-type"),
+    pytest.param(INHERIT + "(type a b)", "a type is declared as (type <name>)", id="type-two-names"),
+    pytest.param("(blockinherit unconfined)", "only a template from the spod's", id="template-not-allowed"),
+    pytest.param("(blockinherit .container)", "only a template from the spod's", id="template-dotted"),
+    pytest.param("(blockinherit container extra)", "only a template from the spod's", id="template-extra"),
+    pytest.param("(blockinherit (container))", "only a template from the spod's", id="template-list"),
+    pytest.param(
+        INHERIT + "(allow process self (file (read)))\n" * 50 + "(typepermissive init_t)",
+        "(typepermissive init_t)' (line 52)",
+        id="line-of-a-late-statement",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("policy", "message"), DENIED)
-def test_policy_denied(policy: Any, message: str) -> None:
+@pytest.mark.parametrize(("policy", "message"), NOT_POLICIES)
+def test_malformed_policies_are_refused(policy: Any, message: str) -> None:
     decision = decide(raw_profile(policy))
 
     assert not decision.allowed
     assert decision.code == 403
     assert message in decision.message
+
+
+def test_a_long_string_is_quoted_in_part() -> None:
+    decision = decide(raw_profile(INHERIT + '(typetransition process etc_t file "' + "x" * 1000 + '" etc_t)'))
+
+    assert "quoted strings such as 'xxx" in decision.message
+    assert len(decision.message) < 1000
+
+
+def test_a_long_statement_is_quoted_in_part() -> None:
+    decision = decide(raw_profile(INHERIT + "(allow init_t shadow_t (file (" + "read " * 1000 + ")))"))
+
+    assert "...'" in decision.message
+    assert len(decision.message) < 1000
 
 
 @pytest.mark.parametrize(
@@ -174,26 +195,21 @@ def test_blockinherit_templates_come_from_the_spod(
 UNDECODABLE = [
     pytest.param(None, "request.object must be an object, got null", id="no-object"),
     pytest.param("policy", "request.object must be an object, got string", id="object-not-a-dict"),
+    pytest.param(raw_profile(ERRORLOGGER) | {"spec": {}}, "spec.policy: Field required", id="no-policy"),
+    pytest.param(raw_profile(ERRORLOGGER) | {"spec": None}, "spec: Input should be", id="null-spec"),
     pytest.param(
-        raw_profile("(allow a b (file (read)))") | {"spec": {}}, "spec.policy: Field required", id="no-policy"
-    ),
-    pytest.param(
-        raw_profile("(allow a b (file (read)))") | {"spec": None}, "spec: Input should be", id="null-spec"
-    ),
-    pytest.param(
-        raw_profile("(allow a b (file (read)))") | {"apiVersion": f"{constants.GROUP}/v1"},
+        raw_profile(ERRORLOGGER) | {"apiVersion": f"{constants.GROUP}/v1"},
         "apiVersion must be",
         id="wrong-api-version",
     ),
-    pytest.param(raw_profile("(allow a b (file (read)))", name="../evil"), "metadata", id="bad-name"),
+    pytest.param(raw_profile(ERRORLOGGER, name="../evil"), "metadata", id="bad-name"),
     pytest.param(
-        raw_profile("(allow a b (file (read)))")
-        | {"spec": {"policy": "(allow a b (file (read)))", "extra": 1}},
+        raw_profile(ERRORLOGGER) | {"spec": {"policy": ERRORLOGGER, "extra": 1}},
         "spec.extra: Extra inputs are not permitted",
         id="unknown-field",
     ),
     pytest.param(
-        raw_profile("x" * 500_001),
+        raw_profile(ERRORLOGGER + " " * 500_000),
         "spec.policy: String should have at most 500000 characters",
         id="policy-too-long",
     ),
@@ -210,8 +226,8 @@ def test_undecodable_object_is_denied_with_400(obj: Any, message: str) -> None:
 
 
 def test_update_is_validated() -> None:
-    old = raw_profile("(allow a b (file (read)))")
-    new = raw_profile("(allow a b (file (read)))) (typepermissive spc_t")
+    old = raw_profile(ERRORLOGGER)
+    new = raw_profile(ERRORLOGGER + ") (typepermissive spc_t) (block x")
     request = admission(new, operation="UPDATE", kind=KIND, old=old, namespace="")
 
     decision = decide_raw_selinux(request, StaticSnapshot())
@@ -244,3 +260,36 @@ def test_other_requests_are_allowed(kind: str, operation: str) -> None:
     request = admission(raw_profile("(typepermissive spc_t)"), operation=operation, kind=kind, namespace="")
 
     assert decide_raw_selinux(request, StaticSnapshot()).allowed
+
+
+STATEMENT_PIECES = [
+    INHERIT,
+    "(allow process var_log_t (file (read)))",
+    "(allow init_t shadow_t (file (read)))",
+    "(typepermissive process)",
+    "(type t)",
+    "(typeattributeset domain (process))",
+    "(",
+    ")",
+    '"',
+    ";",
+    "\r",
+    "\n",
+    " ",
+    "x",
+]
+
+
+@given(st.lists(st.sampled_from(STATEMENT_PIECES), max_size=30).map("".join))
+def test_any_policy_text_gets_an_answer(policy: str) -> None:
+    decision = decide(raw_profile(policy))
+
+    assert decision.code in (200, 403)
+    assert decision.allowed == (decision.code == 200)
+    if not decision.allowed:
+        assert decision.message.startswith(("invalid policy: ", "policy must not be empty"))
+        return
+    for statement in cil.parse(policy):
+        assert isinstance(statement, cil.Expr)
+        assert isinstance(statement.items[0], cil.Atom)
+        assert statement.items[0].text in {cil.ALLOW, cil.BLOCKINHERIT, cil.TYPE, cil.TYPEPERMISSIVE}
