@@ -70,8 +70,8 @@ WEB_ROOT = "/usr/share/nginx/html"
 REDIS_DATA = "/data"
 RUN = "/usr/local/bin/spo-run"
 # Go's names for the machine architectures the OCI platform field uses (the same ones).
-GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
-           "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}  # fmt: skip
+GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le",
+           "s390x": "s390x", "riscv64": "riscv64"}  # fmt: skip
 
 _REFERENCE = re.compile(
     r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
@@ -422,6 +422,7 @@ def pause_binary(cache_dir: Path, architecture: str) -> bytes:
             )
             if result.returncode != 0:
                 raise ImageBuildError(f"building the pause binary failed:\n{result.stderr[-4000:]}")
+            # Atomic: a concurrent build (another checkout, a parallel test) never sees half a binary.
             built.replace(binary)
     return binary.read_bytes()
 

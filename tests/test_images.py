@@ -590,3 +590,23 @@ def test_ubuntu_image_runs_bash(node_images: dict[str, Image], unpacked: dict[st
     command = ["bash", "-c", "cd /tmp && touch x && ls /tmp && id -u"]
     root = unpacked[name]
     assert in_namespaces(root, image_command(node_images[name], root, command)) == "x\n0\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-X", "POST", "http://x/"], "curl: only GET is supported by this stand-in"),
+        (["--data", "a", "http://x/"], "curl: option --data: not supported by this stand-in"),
+        (["-ksd", "http://x/"], "curl: option -d: not supported by this stand-in"),
+        (["-H"], "curl: option -H: requires parameter"),
+        (["-s"], "curl: no URL specified"),
+        (["http://x/", "http://y/"], "curl: one URL at a time with this stand-in"),
+    ],
+)
+def test_curl_stand_in_refuses_what_it_cannot_do(args: list[str], message: str) -> None:
+    if not HAS_BUSYBOX:
+        pytest.skip("needs Debian's busybox-static")
+    result = subprocess.run(
+        [BUSYBOX_PATH, "sh", str(images.SCRIPTS / "curl"), *args], capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stderr) == (2, message + "\n")
