@@ -610,3 +610,44 @@ def test_curl_stand_in_refuses_what_it_cannot_do(args: list[str], message: str) 
         [BUSYBOX_PATH, "sh", str(images.SCRIPTS / "curl"), *args], capture_output=True, text=True, check=False
     )
     assert (result.returncode, result.stderr) == (2, message + "\n")
+
+
+# --- what a machine without the prerequisites is told ---------------------------------------------------
+
+
+def test_missing_busybox_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(images, "BUSYBOX_PATH", str(tmp_path / "busybox"))
+    with pytest.raises(images.ImageBuildError, match="install Debian's busybox-static"):
+        build_node_images(tmp_path / "out", tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_go_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(images.ImageBuildError, match="Go is needed to build the pause image"):
+        images.pause_binary(tmp_path, "amd64")
+
+
+def test_missing_pause_source_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(images, "PAUSE_SOURCE", tmp_path / "pause")
+    with pytest.raises(images.ImageBuildError, match="pause not found: build the node images from a source"):
+        images.pause_binary(tmp_path, "amd64")
+
+
+def test_failed_pause_build_shows_the_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if not HAS_GO:
+        pytest.skip("needs Go")
+    source = tmp_path / "pause"
+    source.mkdir()
+    (source / "go.mod").write_text("module broken\n\ngo 1.22\n")
+    (source / "main.go").write_text("package main\n\nfunc main() { undefined() }\n")
+    monkeypatch.setattr(images, "PAUSE_SOURCE", source)
+    with pytest.raises(images.ImageBuildError, match=r"(?s)building the pause binary failed:.*undefined"):
+        images.pause_binary(tmp_path / "cache", images.host_architecture())
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_unknown_machine_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images.platform, "machine", lambda: "vax")
+    with pytest.raises(images.ImageBuildError, match="no OCI architecture name known for this machine"):
+        images.host_architecture()
