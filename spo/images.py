@@ -13,6 +13,7 @@ the same inputs give the same bytes and digests, and `build_node_images` leaves 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -461,3 +463,23 @@ def build_node_images(out_dir: Path, cache_dir: Path | None = None) -> Path:
     os.chmod(partial.name, 0o644)
     Path(partial.name).replace(target)
     return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spo.images",
+        description=f"Build the node's images into OUT_DIR/{NODE_IMAGES_TAR} "
+        "(for `ctr -n k8s.io images import`) and print its path.",
+    )
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    args = parser.parse_args(argv)
+    try:
+        print(build_node_images(args.out_dir))
+    except (ImageBuildError, OSError) as error:
+        print(f"cannot build the node images: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -648,6 +648,19 @@ def test_failed_pause_build_shows_the_compiler(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_unknown_machine_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images.platform, "machine", lambda: "vax")
+    monkeypatch.setattr("platform.machine", lambda: "vax")
     with pytest.raises(images.ImageBuildError, match="no OCI architecture name known for this machine"):
         images.host_architecture()
+
+
+def test_command_prints_the_tar(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert images.main([str(built.parent)]) == 0
+    assert capsys.readouterr().out == f"{built}\n"
+
+
+def test_command_explains_a_failure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(images, "BUSYBOX_PATH", str(tmp_path / "busybox"))
+    assert images.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith(f"cannot build the node images: {tmp_path}/busybox not found")
