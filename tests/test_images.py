@@ -133,12 +133,12 @@ def read_layout(tar_bytes: bytes) -> dict[str, Image]:
 
 # --- fixtures -----------------------------------------------------------------------------------------
 
-SCRIPTS = {path.name: path.read_bytes() for path in images.SCRIPTS.iterdir()}
+FILES = {path.name: path.read_bytes() for path in images.FILES.iterdir()}
 FAKE_INPUTS = NodeInputs(
     busybox=b"\x7fELF busybox",
     applets=("bin/busybox", "bin/sh", "linuxrc", "usr/bin/wget"),
     pause=b"\x7fELF pause",
-    scripts=SCRIPTS,
+    files=FILES,
 )
 
 
@@ -251,9 +251,9 @@ def test_config_carries_the_run_settings() -> None:
     }
 
 
-def test_missing_script_is_named() -> None:
-    inputs = NodeInputs(FAKE_INPUTS.busybox, FAKE_INPUTS.applets, FAKE_INPUTS.pause, scripts={})
-    with pytest.raises(images.ImageBuildError, match=r"hack/images/scripts/spo-run is missing"):
+def test_missing_image_file_is_named() -> None:
+    inputs = NodeInputs(FAKE_INPUTS.busybox, FAKE_INPUTS.applets, FAKE_INPUTS.pause, files={})
+    with pytest.raises(images.ImageBuildError, match=r"hack/images/files/spo-run is missing"):
         images.node_image_specs(inputs)
 
 
@@ -607,7 +607,7 @@ def test_curl_stand_in_refuses_what_it_cannot_do(args: list[str], message: str) 
     if not HAS_BUSYBOX:
         pytest.skip("needs Debian's busybox-static")
     result = subprocess.run(
-        [BUSYBOX_PATH, "sh", str(images.SCRIPTS / "curl"), *args], capture_output=True, text=True, check=False
+        [BUSYBOX_PATH, "sh", str(images.FILES / "curl"), *args], capture_output=True, text=True, check=False
     )
     assert (result.returncode, result.stderr) == (2, message + "\n")
 
