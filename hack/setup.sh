@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssl procps ca-certificates git)
+# python3-venv: a stock Debian python3 cannot `python3 -m venv` without it (no ensurepip).
+APT_PACKAGES=(openssl procps ca-certificates git python3-venv)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, settings
 from kubernetes import client
 
 import certs
@@ -25,6 +26,11 @@ from reconciler.webhook_config import (
 from spo import localcluster
 from spo.bringup import start_webhook
 from spo.processes import stop_process
+
+# The machines tests run on are shared and loaded: how long an example takes says nothing about the code,
+# so neither a deadline nor the too_slow health check may fail a property test.
+settings.register_profile("loaded-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("loaded-machine")
 
 # The spod the e2e webhook registration is computed from: exec auditing on, so every webhook is live.
 E2E_SPOD_SPEC = SPODSpec(enable_json_enricher=True)
