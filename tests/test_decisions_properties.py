@@ -4,6 +4,8 @@ patches apply cleanly, deciding again on the patched pod changes nothing, and no
 from __future__ import annotations
 
 import copy
+import dataclasses
+import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -187,6 +189,24 @@ def test_binding_is_idempotent(pod: dict[str, Any], snapshot: StaticSnapshot) ->
         assert again.patch == []
     else:
         assert first.patch == []
+
+
+@given(pods(), binding_snapshots(), st.randoms(use_true_random=False), st.sampled_from(["CREATE", "UPDATE"]))
+def test_binding_decision_does_not_depend_on_the_order_of_bindings(
+    pod: dict[str, Any], snapshot: StaticSnapshot, shuffler: random.Random, operation: str
+) -> None:
+    """Replicas hold the bindings in the order they listed or watched them: the answer must not care."""
+    old = copy.deepcopy(pod)
+    for body in old["spec"]["containers"][:1]:
+        body["image"] = "previous:1"
+    request = admission(pod, operation=operation, old=old if operation == "UPDATE" else None)
+    reordered = list(snapshot.bindings)
+    shuffler.shuffle(reordered)
+
+    first = decide_binding(request, snapshot)
+    again = decide_binding(request, dataclasses.replace(snapshot, bindings=reordered))
+
+    assert first == again
 
 
 @given(pods(), recording_snapshots(), st.sampled_from(["CREATE", "UPDATE"]))

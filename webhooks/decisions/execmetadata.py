@@ -71,7 +71,7 @@ def _command_patch(options: Mapping[str, Any], uid: str) -> list[Op]:
     assignment = f"{_ASSIGNMENT_PREFIX}{uid}"
     # Only the first two words can be our prefix (a retried or replayed request carries one with another
     # UID): they are replaced. Every other word is the user's, and rewriting it would change what the
-    # command means (`grep SPO_EXEC_REQUEST_UID= file`), so ours is prepended instead.
+    # command means (`grep <variable>= file`), so ours is prepended instead.
     if len(command) >= 2 and command[0] == _ENV and command[1].startswith(_ASSIGNMENT_PREFIX):
         tagged = [_ENV, assignment, *command[2:]]
     else:
