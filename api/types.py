@@ -32,6 +32,13 @@ SyscallName = Annotated[
     AfterValidator(validation.syscall_name),
     WithJsonSchema({"type": "string", "pattern": validation.SYSCALL_NAME_PATTERN}),
 ]
+# The pattern admits neither '/' nor '.' or '..' alone, so the CRD refuses names that profile_name does.
+_PROFILE_NAME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": validation.DNS1123_SUBDOMAIN_PATTERN,
+    "maxLength": validation.DNS1123_SUBDOMAIN_MAX_LENGTH,
+}
+ProfileName = Annotated[str, AfterValidator(validation.profile_name), WithJsonSchema(_PROFILE_NAME_SCHEMA)]
 SelinuxIdentifier = Annotated[
     str,
     AfterValidator(validation.selinux_identifier),
@@ -122,6 +129,8 @@ class Resource(Model):
 
     KIND: ClassVar[str]
     VERSION: ClassVar[str]
+    # The schema of metadata.name in the CRD, where the model checks the name beyond the apiserver.
+    NAME_SCHEMA: ClassVar[dict[str, Any] | None] = None
 
     api_version: str
     kind: str
@@ -139,6 +148,8 @@ class Resource(Model):
 
 class ProfileResource(Resource):
     """Profiles become node files named after them, so their names are checked strictly."""
+
+    NAME_SCHEMA: ClassVar[dict[str, Any] | None] = _PROFILE_NAME_SCHEMA
 
     @field_validator("metadata")
     @classmethod
@@ -304,12 +315,7 @@ class RawSelinuxProfile(ProfileResource):
 
 class ProfileReference(Model):
     kind: Literal["SeccompProfile", "SelinuxProfile"]
-    name: str = Field(min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, name: str) -> str:
-        return validation.profile_name(name)
+    name: ProfileName
 
 
 class ProfileBindingSpec(Model):

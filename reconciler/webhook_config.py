@@ -290,29 +290,27 @@ def desired_validating_configuration(endpoint: Endpoint, ca_bundle: str) -> dict
             "name": constants.VALIDATING_WEBHOOK_CONFIGURATION,
             "labels": {constants.LABEL_APP: constants.APP_LABEL_VALUE},
         },
+        # Both fail closed: an unchecked raw policy could escape its block, and an unchecked binding may
+        # conflict with another one, after which pods with its image are denied until one is deleted.
         "webhooks": [
             _webhook(
-                constants.WEBHOOK_RAW_SELINUX,
-                constants.PATH_RAW_SELINUX,
+                name,
+                path,
                 endpoint,
                 ca_bundle,
-                [_our_rule(kinds.RAW_SELINUX_PROFILE.plural)],
+                [_our_rule(kind.plural)],
                 failure_policy="Fail",
                 timeout_seconds=10,
-            ),
-            # Fails closed like the raw SELinux validator: a binding it did not check may conflict with
-            # another one, and pods with that image are then denied until an admin removes one of them.
-            _webhook(
-                constants.WEBHOOK_PROFILE_BINDING,
-                constants.PATH_PROFILE_BINDING,
-                endpoint,
-                ca_bundle,
-                [_our_rule(kinds.PROFILE_BINDING.plural)],
-                failure_policy="Fail",
-                timeout_seconds=10,
-            ),
+            )
+            for name, path, kind in _VALIDATED
         ],
     }
+
+
+_VALIDATED = [
+    (constants.WEBHOOK_RAW_SELINUX, constants.PATH_RAW_SELINUX, kinds.RAW_SELINUX_PROFILE),
+    (constants.WEBHOOK_PROFILE_BINDING, constants.PATH_PROFILE_BINDING, kinds.PROFILE_BINDING),
+]
 
 
 _WEBHOOK_CONFIGURATION_MODELS = {

@@ -36,6 +36,7 @@ from webhooks.decisions import (
     Decision,
     decide_binding,
     decide_exec_metadata,
+    decide_profile_binding,
     decide_raw_selinux,
     decide_recording,
 )
@@ -307,7 +308,7 @@ def garbage_objects(draw: st.DrawFn) -> Any:
 
 @st.composite
 def garbage_requests(draw: st.DrawFn) -> dict[str, Any]:
-    kinds = st.sampled_from(["Pod", "PodExecOptions", "RawSelinuxProfile", "Deployment"])
+    kinds = st.sampled_from(["Pod", "PodExecOptions", "RawSelinuxProfile", "ProfileBinding", "Deployment"])
     fields = {
         "uid": _maybe_garbage(st.just("test-uid")),
         "kind": _maybe_garbage(st.builds(lambda kind: {"kind": kind}, kinds)),
@@ -346,4 +347,5 @@ def test_garbage_requests_never_raise(request: dict[str, Any]) -> None:
     _check(request, decide_recording(request, snapshot, now=1, nonce=lambda: "bcdfg"))
     _check(request, decide_exec_metadata(request))
     _check(request, decide_raw_selinux(request, snapshot))
+    _check(request, decide_profile_binding(request, snapshot))
     assert request == untouched

@@ -34,6 +34,7 @@ WEBHOOK_OF_PATH = {
     constants.PATH_RECORDING: constants.WEBHOOK_RECORDING,
     constants.PATH_EXEC_METADATA: constants.WEBHOOK_EXEC_METADATA,
     constants.PATH_RAW_SELINUX: constants.WEBHOOK_RAW_SELINUX,
+    constants.PATH_PROFILE_BINDING: constants.WEBHOOK_PROFILE_BINDING,
 }
 ADMISSION_PATHS = list(WEBHOOK_OF_PATH)
 
@@ -341,7 +342,8 @@ def failing_decision(*_: object, **__: object) -> Decision:
     [
         ("decide_binding", constants.PATH_BINDING, False),
         ("decide_raw_selinux", constants.PATH_RAW_SELINUX, False),
-        ("decide_recording", constants.PATH_RECORDING, True),
+        ("decide_recording", constants.PATH_RECORDING, False),
+        ("decide_profile_binding", constants.PATH_PROFILE_BINDING, False),
         ("decide_exec_metadata", constants.PATH_EXEC_METADATA, True),
     ],
 )

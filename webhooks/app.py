@@ -29,6 +29,7 @@ from webhooks.decisions import (
     Decision,
     decide_binding,
     decide_exec_metadata,
+    decide_profile_binding,
     decide_raw_selinux,
     decide_recording,
     random_nonce,
@@ -43,17 +44,19 @@ from webhooks.snapshot import Snapshot
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
 JSON_CONTENT_TYPE: Final = "application/json"
 
-# What an internal error in a decision means for the object under review.
-# Fail closed (deny, code 500) where the webhook enforces security: admitting a pod unpatched would run
-# it without the profile an admin bound to it, and admitting an unvalidated raw SELinux policy could
-# escape its block; this matches their failurePolicy Fail. Fail open (allow unchanged) where the
-# webhook only adds observability: a missing recording annotation or exec request UID costs a
-# recording or an audit correlation, while denying would block every pod or exec in the namespace.
+# What an internal error in a decision means for the object under review; each matches the webhook's
+# failurePolicy (reconciler/webhook_config.py), so an error and an outage have the same effect.
+# Fail closed (deny, code 500) where the webhook enforces something: admitting a pod unpatched would
+# run it without the profile an admin bound to it; an unvalidated raw SELinux policy could escape its
+# block; an unchecked binding could conflict with another; a pod whose recording annotations were not
+# checked could carry forged ones, which the agent would attribute to a recording. Fail open (allow
+# unchanged) for exec tagging, which only adds an audit correlation to every exec in the cluster.
 _FAILS_OPEN: Final = {
     constants.WEBHOOK_BINDING: False,
-    constants.WEBHOOK_RECORDING: True,
+    constants.WEBHOOK_RECORDING: False,
     constants.WEBHOOK_EXEC_METADATA: True,
     constants.WEBHOOK_RAW_SELINUX: False,
+    constants.WEBHOOK_PROFILE_BINDING: False,
 }
 
 logger = logging.getLogger(__name__)
@@ -114,6 +117,9 @@ def create_app(snapshot: Snapshot, ready: Callable[[], bool]) -> WebhookApp:
     def raw_selinux(request: dict[str, Any]) -> Decision:
         return decide_raw_selinux(request, snapshot)
 
+    def profile_binding(request: dict[str, Any]) -> Decision:
+        return decide_profile_binding(request, snapshot)
+
     # One path serves both execmetadata.spo.io and nodedebuggingpod.spo.io (as upstream); the handler
     # cannot tell which configuration entry called it, so both count under execmetadata.spo.io.
     routes: list[tuple[str, str, Decide]] = [
@@ -121,6 +127,7 @@ def create_app(snapshot: Snapshot, ready: Callable[[], bool]) -> WebhookApp:
         (constants.PATH_RECORDING, constants.WEBHOOK_RECORDING, recording),
         (constants.PATH_EXEC_METADATA, constants.WEBHOOK_EXEC_METADATA, decide_exec_metadata),
         (constants.PATH_RAW_SELINUX, constants.WEBHOOK_RAW_SELINUX, raw_selinux),
+        (constants.PATH_PROFILE_BINDING, constants.WEBHOOK_PROFILE_BINDING, profile_binding),
     ]
     for path, webhook, decide in routes:
         app.add_admission_route(path, admission_endpoint(webhook, decide, metrics.recorder(webhook)))
