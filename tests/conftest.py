@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -96,11 +97,27 @@ def webhook_server(
     server.stop()
 
 
-def register_webhooks(cluster: localcluster.ControlPlane, kube: client.ApiClient, url: str) -> None:
+def register_webhooks(
+    cluster: localcluster.ControlPlane, kube: client.ApiClient, url: str, spec: SPODSpec = E2E_SPOD_SPEC
+) -> None:
     bundle = certs.ca_bundle(certs.load_pair(cluster.pki.directory, "ca.crt", "ca.key"))
     endpoint = Endpoint(url=url)
     apply_webhook_configurations(
         kube,
-        desired_mutating_configuration(E2E_SPOD_SPEC, endpoint, bundle),
+        desired_mutating_configuration(spec, endpoint, bundle),
         desired_validating_configuration(endpoint, bundle),
     )
+
+
+@contextmanager
+def webhook_down(
+    cluster: localcluster.ControlPlane, kube: client.ApiClient, serving: WebhookServer
+) -> Iterator[None]:
+    """The webhooks registered at a URL where nothing answers, as during an outage; `serving` after."""
+    doomed = start_webhook_server(cluster, localcluster.free_port())
+    register_webhooks(cluster, kube, doomed.url)
+    doomed.stop()
+    try:
+        yield
+    finally:
+        register_webhooks(cluster, kube, serving.url)
