@@ -625,3 +625,17 @@ def test_update_without_old_object_is_a_bad_request() -> None:
 
     assert decision.code == 400
     assert "request.oldObject must be an object, got null" in decision.message
+
+
+def test_binding_to_a_stored_but_invalid_profile_says_why() -> None:
+    invalid = InvalidObject("SeccompProfile", "", "profile", "spec.defaultAction: Input should be ...")
+
+    decision = decide_binding(
+        admission(pod([container("c", NGINX)])), StaticSnapshot(bindings=[NGINX_SECCOMP], invalid=[invalid])
+    )
+
+    assert not decision.allowed
+    assert decision.message == (
+        f'ProfileBinding {NAMESPACE}/nginx-binding cannot be applied: SeccompProfile "profile" '
+        "is stored but not valid (spec.defaultAction: Input should be ...)"
+    )

@@ -60,13 +60,13 @@ def test_cache_follows_creates_updates_and_deletes(kube: client.ApiClient, names
 
 
 class _StricterBinding(ProfileBinding):
-    """A model stricter than the installed CRD, as after an upgrade: it refuses the image `rejected`."""
+    """A model stricter than the installed CRD, as after an upgrade: it refuses images `rejected-*`."""
 
     @pydantic.field_validator("spec")
     @classmethod
     def _refuse(cls, spec: ProfileBindingSpec) -> ProfileBindingSpec:
-        if spec.image == "rejected":
-            raise ValueError("image `rejected` is refused")
+        if spec.image.startswith("rejected-"):
+            raise ValueError(f"image {spec.image} is refused")
         return spec
 
 
@@ -74,7 +74,9 @@ def test_stored_objects_the_model_rejects_are_kept_apart_not_dropped(
     kube: client.ApiClient, namespace: str
 ) -> None:
     objects = client.CustomObjectsApi(kube)
-    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("listed", "rejected"))
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, _binding("listed", "rejected-1")
+    )
     cache = ResourceCache(kube, kinds.PROFILE_BINDING, _StricterBinding)
     cache.start()
 
@@ -86,12 +88,12 @@ def test_stored_objects_the_model_rejects_are_kept_apart_not_dropped(
         (listed,) = cache.invalid_in(namespace)
         assert listed.describe() == (
             f"ProfileBinding {namespace}/listed is stored but not valid "
-            "(spec: Value error, image `rejected` is refused)"
+            "(spec: Value error, image rejected-1 is refused)"
         )
         assert cache.in_namespace(namespace) == ()
 
         objects.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, _binding("watched", "rejected")
+            GROUP, VERSION, namespace, PLURAL, _binding("watched", "rejected-2")
         )
         _eventually(lambda: invalid() == ["listed", "watched"])
         objects.patch_namespaced_custom_object(

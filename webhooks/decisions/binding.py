@@ -191,9 +191,12 @@ def _named(namespace: str, binding: ProfileBinding) -> str:
     return f"ProfileBinding {namespace}/{binding.metadata.name}"
 
 
-def _unusable(profile: SeccompProfile | SelinuxProfile | None) -> str | None:
+def _unusable(
+    snapshot: Snapshot, profile: SeccompProfile | SelinuxProfile | None, kind: str, name: str
+) -> str | None:
     if profile is None:
-        return "does not exist"
+        stored = [o for o in snapshot.invalid_objects(kind, "") if o.name == name]
+        return f"is stored but not valid ({stored[0].reason})" if stored else "does not exist"
     if profile.metadata.deletion_timestamp is not None:
         return "is being deleted"
     if profile.spec.disabled:
@@ -204,13 +207,14 @@ def _unusable(profile: SeccompProfile | SelinuxProfile | None) -> str | None:
 def _resolve_seccomp(snapshot: Snapshot, name: str) -> _Resolved:
     profile = snapshot.seccomp_profile(name)
     installed_as = profile.status.localhost_profile if profile and profile.status else None
-    return localhost_seccomp(installed_as or seccomp_localhost_profile(name)), _unusable(profile)
+    value = localhost_seccomp(installed_as or seccomp_localhost_profile(name))
+    return value, _unusable(snapshot, profile, SeccompProfile.KIND, name)
 
 
 def _resolve_selinux(snapshot: Snapshot, name: str) -> _Resolved:
     profile = snapshot.selinux_profile(name)
     usage = profile.status.usage if profile and profile.status else None
-    return usage or selinux_usage(name), _unusable(profile)
+    return usage or selinux_usage(name), _unusable(snapshot, profile, SelinuxProfile.KIND, name)
 
 
 _PROFILE_KINDS: Mapping[str, _ProfileKind] = {
