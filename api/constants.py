@@ -66,6 +66,23 @@ WEBHOOK_EXEC_METADATA: Final = "execmetadata.spo.io"
 WEBHOOK_NODE_DEBUGGING_POD: Final = "nodedebuggingpod.spo.io"
 WEBHOOK_RAW_SELINUX: Final = "rawselinuxprofile-validation.spo.io"
 WEBHOOK_PROFILE_BINDING: Final = "profilebinding-validation.spo.io"
+FAILURE_POLICY_FAIL: Final = "Fail"
+FAILURE_POLICY_IGNORE: Final = "Ignore"
+# The failurePolicy each webhook is registered with unless the spod's webhookOptions say otherwise; the
+# webhook answers its own internal errors the same way, so an error and an outage have one effect.
+# Fail closed where the webhook enforces something: a pod admitted unpatched would run without the
+# profile an admin bound to it; a pod whose recording annotations were not checked could carry forged
+# ones, which the agent would attribute to a recording; an unchecked raw policy could escape its block;
+# an unchecked binding could conflict with another. Fail open for exec and debug tagging, which only
+# adds an audit correlation to every exec in the cluster and must not block access.
+DEFAULT_FAILURE_POLICIES: Final = {
+    WEBHOOK_BINDING: FAILURE_POLICY_FAIL,
+    WEBHOOK_RECORDING: FAILURE_POLICY_FAIL,
+    WEBHOOK_EXEC_METADATA: FAILURE_POLICY_IGNORE,
+    WEBHOOK_NODE_DEBUGGING_POD: FAILURE_POLICY_IGNORE,
+    WEBHOOK_RAW_SELINUX: FAILURE_POLICY_FAIL,
+    WEBHOOK_PROFILE_BINDING: FAILURE_POLICY_FAIL,
+}
 PATH_BINDING: Final = "/mutate-v1-pod-binding"
 PATH_RECORDING: Final = "/mutate-v1-pod-recording"
 PATH_EXEC_METADATA: Final = "/mutate-v1-exec-metadata"

@@ -137,7 +137,6 @@ def _webhook(
     ca_bundle: str,
     rules: list[dict[str, Any]],
     *,
-    failure_policy: str,
     timeout_seconds: int,
     namespace_selector: dict[str, Any] | None = None,
     object_selector: dict[str, Any] | None = None,
@@ -148,7 +147,7 @@ def _webhook(
         "admissionReviewVersions": REVIEW_VERSIONS,
         "clientConfig": endpoint.client_config(path, ca_bundle),
         "rules": rules,
-        "failurePolicy": failure_policy,
+        "failurePolicy": constants.DEFAULT_FAILURE_POLICIES[name],
         "sideEffects": "None",
         "timeoutSeconds": timeout_seconds,
         "matchPolicy": "Equivalent",
@@ -186,10 +185,9 @@ def desired_mutating_configuration(
     operator_namespace: str = constants.DEFAULT_NAMESPACE,
 ) -> dict[str, Any]:
     options = _options_by_name(spec)
-    # Recording fails closed, in its code as in its failurePolicy: the agent attributes what it records
-    # to the recording its annotations name, and only this webhook strips forged ones, so a pod it did
-    # not see must not start. The blast radius of an outage stays what the admin opted into: pods of
-    # namespaces labelled for recording (and, with memory optimisation, only the labelled pods there).
+    # Recording fails closed (constants.DEFAULT_FAILURE_POLICIES); the blast radius of an outage stays what
+    # the admin opted into: pods of namespaces labelled for recording (and, with memory optimisation,
+    # only the labelled pods there).
     recording_pods = _exists(constants.LABEL_ENABLE_RECORDING) if spec.enable_memory_optimization else {}
     webhooks = [
         _webhook(
@@ -198,7 +196,6 @@ def desired_mutating_configuration(
             endpoint,
             ca_bundle,
             [_pod_rule(["CREATE", "UPDATE"]), _pod_rule(["UPDATE"], "pods/ephemeralcontainers")],
-            failure_policy="Fail",
             timeout_seconds=10,
             namespace_selector=_exists(constants.LABEL_ENABLE_BINDING),
             match_conditions=[_IMAGE_CHANGES],
@@ -209,7 +206,6 @@ def desired_mutating_configuration(
             endpoint,
             ca_bundle,
             [_pod_rule(["CREATE", "UPDATE"])],
-            failure_policy="Fail",
             timeout_seconds=10,
             namespace_selector=_exists(constants.LABEL_ENABLE_RECORDING),
             object_selector=recording_pods,
@@ -230,7 +226,6 @@ def desired_mutating_configuration(
                     endpoint,
                     ca_bundle,
                     [_pod_rule(["CONNECT"], "pods/exec"), _pod_rule(["UPDATE"], "pods/ephemeralcontainers")],
-                    failure_policy="Ignore",
                     timeout_seconds=5,
                 ),
                 options.get(constants.WEBHOOK_EXEC_METADATA, []),
@@ -265,7 +260,6 @@ def _node_debugging_webhook(
             endpoint,
             ca_bundle,
             [_pod_rule(["CREATE"])],
-            failure_policy="Ignore",
             timeout_seconds=5,
             match_conditions=[debug_pods],
         ),
@@ -290,8 +284,6 @@ def desired_validating_configuration(endpoint: Endpoint, ca_bundle: str) -> dict
             "name": constants.VALIDATING_WEBHOOK_CONFIGURATION,
             "labels": {constants.LABEL_APP: constants.APP_LABEL_VALUE},
         },
-        # Both fail closed: an unchecked raw policy could escape its block, and an unchecked binding may
-        # conflict with another one, after which pods with its image are denied until one is deleted.
         "webhooks": [
             _webhook(
                 name,
@@ -299,7 +291,6 @@ def desired_validating_configuration(endpoint: Endpoint, ca_bundle: str) -> dict
                 endpoint,
                 ca_bundle,
                 [_our_rule(kind.plural)],
-                failure_policy="Fail",
                 timeout_seconds=10,
             )
             for name, path, kind in _VALIDATED

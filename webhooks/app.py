@@ -6,8 +6,8 @@ pre-serialised Response (no FastAPI body or response models, no jsonable_encoder
 FastAPI's middleware stack (see WebhookApp).
 
 Bad input is answered with a 4xx and a JSON `{"message": ...}`; it never reaches a decision and
-never produces a 500. A decision that raises is logged and answered according to what the webhook
-guards (see `_FAILS_OPEN`).
+never produces a 500. A decision that raises is logged and answered as the webhook's failurePolicy
+would answer an outage (constants.DEFAULT_FAILURE_POLICIES, or the spod's webhookOptions).
 """
 
 from __future__ import annotations
@@ -43,21 +43,6 @@ from webhooks.snapshot import Snapshot
 # not a genuine admission request; refusing it bounds the memory one request can take.
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
 JSON_CONTENT_TYPE: Final = "application/json"
-
-# What an internal error in a decision means for the object under review; each matches the webhook's
-# failurePolicy (reconciler/webhook_config.py), so an error and an outage have the same effect.
-# Fail closed (deny, code 500) where the webhook enforces something: admitting a pod unpatched would
-# run it without the profile an admin bound to it; an unvalidated raw SELinux policy could escape its
-# block; an unchecked binding could conflict with another; a pod whose recording annotations were not
-# checked could carry forged ones, which the agent would attribute to a recording. Fail open (allow
-# unchanged) for exec tagging, which only adds an audit correlation to every exec in the cluster.
-_FAILS_OPEN: Final = {
-    constants.WEBHOOK_BINDING: False,
-    constants.WEBHOOK_RECORDING: False,
-    constants.WEBHOOK_EXEC_METADATA: True,
-    constants.WEBHOOK_RAW_SELINUX: False,
-    constants.WEBHOOK_PROFILE_BINDING: False,
-}
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +115,10 @@ def create_app(snapshot: Snapshot, ready: Callable[[], bool]) -> WebhookApp:
         (constants.PATH_PROFILE_BINDING, constants.WEBHOOK_PROFILE_BINDING, profile_binding),
     ]
     for path, webhook, decide in routes:
-        app.add_admission_route(path, admission_endpoint(webhook, decide, metrics.recorder(webhook)))
+        fails_open = _failure_policy_reader(snapshot, webhook)
+        app.add_admission_route(
+            path, admission_endpoint(webhook, decide, metrics.recorder(webhook), fails_open)
+        )
 
     async def healthz(_: Request) -> Response:
         return Response(b"ok", media_type="text/plain")
@@ -149,9 +137,28 @@ def create_app(snapshot: Snapshot, ready: Callable[[], bool]) -> WebhookApp:
     return app
 
 
-def admission_endpoint(webhook: str, decide: Decide, recorder: WebhookRecorder) -> Endpoint:
-    """A route handler answering AdmissionReviews for `webhook` with `decide`."""
-    fails_open = _FAILS_OPEN[webhook]
+def _failure_policy_reader(snapshot: Snapshot, webhook: str) -> Callable[[], bool]:
+    """Whether `webhook` is registered to fail open: the spod's last option setting its failurePolicy
+    wins (as the reconciler applies them), else the default."""
+
+    def fails_open() -> bool:
+        spod = snapshot.spod()
+        chosen = [
+            option.failure_policy
+            for option in ((spod.spec.webhook_options or []) if spod else [])
+            if option.name == webhook and option.failure_policy is not None
+        ]
+        policy = chosen[-1] if chosen else constants.DEFAULT_FAILURE_POLICIES[webhook]
+        return policy == constants.FAILURE_POLICY_IGNORE
+
+    return fails_open
+
+
+def admission_endpoint(
+    webhook: str, decide: Decide, recorder: WebhookRecorder, fails_open: Callable[[], bool]
+) -> Endpoint:
+    """A route handler answering AdmissionReviews for `webhook` with `decide`; a decision that raises is
+    answered as `fails_open()` says."""
 
     async def endpoint(http_request: Request) -> Response:
         started = time.perf_counter()
@@ -170,7 +177,7 @@ def admission_endpoint(webhook: str, decide: Decide, recorder: WebhookRecorder) 
             content = encode_response(api_version, uid, decision)
         except Exception:
             logger.exception("%s: decision failed for request %s", webhook, uid)
-            decision = _internal_error(webhook, fails_open)
+            decision = _internal_error(webhook, fails_open())
             content = encode_response(api_version, uid, decision)
         recorder.observe(
             decision.code if not decision.allowed else 200,
