@@ -147,7 +147,9 @@ def binding_snapshots(draw: st.DrawFn) -> StaticSnapshot:
 
 
 @st.composite
-def recording_snapshots(draw: st.DrawFn) -> StaticSnapshot:
+def recording_snapshots(draw: st.DrawFn, *, select_all: bool = False) -> StaticSnapshot:
+    """Recordings of any kind; with `select_all`, every one selects every container of every pod, so
+    that recordings compete for the same containers."""
     recordings: list[ProfileRecording] = []
     for name in draw(st.lists(st.sampled_from(RECORDINGS), unique=True)):
         kind, recorder = draw(
@@ -160,10 +162,12 @@ def recording_snapshots(draw: st.DrawFn) -> StaticSnapshot:
                 ]
             )
         )
-        match_labels = draw(
-            st.dictionaries(st.sampled_from(sorted(LABELS)), st.sampled_from(["my-app", "web"]))
+        match_labels = (
+            {}
+            if select_all
+            else draw(st.dictionaries(st.sampled_from(sorted(LABELS)), st.sampled_from(["my-app", "web"])))
         )
-        containers = draw(st.none() | st.lists(st.sampled_from(NAMES), unique=True))
+        containers = None if select_all else draw(st.none() | st.lists(st.sampled_from(NAMES), unique=True))
         recordings.append(recording(name, kind, recorder, match_labels=match_labels, containers=containers))
     return StaticSnapshot(recordings=recordings)
 
@@ -206,6 +210,21 @@ def test_binding_decision_does_not_depend_on_the_order_of_bindings(
 
     first = decide_binding(request, snapshot)
     again = decide_binding(request, dataclasses.replace(snapshot, bindings=reordered))
+
+    assert first == again
+
+
+@given(pods(), recording_snapshots(select_all=True), st.randoms(use_true_random=False))
+def test_recording_decision_does_not_depend_on_the_order_of_recordings(
+    pod: dict[str, Any], snapshot: StaticSnapshot, shuffler: random.Random
+) -> None:
+    reordered = list(snapshot.recordings)
+    shuffler.shuffle(reordered)
+
+    first = decide_recording(admission(pod), snapshot, now=1000, nonce=fixed("bcdfg"))
+    again = decide_recording(
+        admission(pod), dataclasses.replace(snapshot, recordings=reordered), now=1000, nonce=fixed("bcdfg")
+    )
 
     assert first == again
 

@@ -111,7 +111,8 @@ def _record(
     warnings: list[str] = []
     owners: dict[str, tuple[str, str]] = {}  # annotation key -> (recording, container)
     tracing: dict[str, tuple[Container, dict[FieldPath, Any]]] = {}
-    for recording in snapshot.recordings_in(namespace):
+    # By name, not in the cache's order, so that replicas agree on which recording wins a container.
+    for recording in sorted(snapshot.recordings_in(namespace), key=lambda r: r.metadata.name or ""):
         name = recording.metadata.name or ""
         problem = _unusable(recording)
         if problem is not None:
