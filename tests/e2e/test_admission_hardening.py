@@ -386,6 +386,14 @@ def test_forged_recording_annotations_are_removed(
     assert annotations["team"] == "a"
     assert annotations[f"{constants.ANNOTATION_TRACE_LOGS_PREFIX}nginx"].startswith("test-recording_nginx_")
 
+    # Annotations are mutable: forging one later is an update, which the webhook sees too.
+    kubectl(
+        kubeconfig, "-n", namespace, "annotate", "pod", "my-pod", f"{forged_key}=test-recording_redis_bbbbb_2"
+    )
+    annotated = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "my-pod")["metadata"]["annotations"]
+    assert forged_key not in annotated
+    assert annotated == annotations
+
 
 # --- the debug-pod audit key of docs 7.9.17.1 -----------------------------------------------------------
 
