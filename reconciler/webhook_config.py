@@ -102,8 +102,9 @@ _LABELS = "object.metadata.?labels.orValue({})"
 
 
 def _cel_string(value: str) -> str:
-    # JSON's string escapes (\\, \", \n, \uXXXX) are valid in CEL string literals.
-    return json.dumps(value)
+    # JSON's string escapes (\\, \", \n, \uXXXX) are valid in CEL string literals; other characters stay
+    # as they are, since CEL has no surrogate pairs for the \uXXXX escapes of characters beyond U+FFFF.
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _requirement_cel(requirement: LabelSelectorRequirement) -> str:

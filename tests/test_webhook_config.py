@@ -162,7 +162,7 @@ def test_selector_expressions_become_cel() -> None:
                     "name": "nodedebuggingpod.spo.io",
                     "objectSelector": {
                         "matchExpressions": [
-                            {"key": "a", "operator": "NotIn", "values": ["x", 'q"uote']},
+                            {"key": "a", "operator": "NotIn", "values": ["é", 'q"uote']},
                             {"key": "b", "operator": "Exists"},
                             {"key": "c", "operator": "DoesNotExist"},
                         ]
@@ -174,7 +174,7 @@ def test_selector_expressions_become_cel() -> None:
     (condition,) = webhooks(spec)["nodedebuggingpod.spo.io"]["matchConditions"]
     labels = "object.metadata.?labels.orValue({})"
     assert condition["expression"] == KUBECTL_DEBUG_CEL + (
-        f' || ((!("a" in {labels}) || !({labels}["a"] in ["x", "q\\"uote"])) && ("b" in {labels}) && '
+        f' || ((!("a" in {labels}) || !({labels}["a"] in ["é", "q\\"uote"])) && ("b" in {labels}) && '
         f'!("c" in {labels}))'
     )
 

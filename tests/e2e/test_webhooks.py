@@ -253,6 +253,18 @@ def test_in_cluster_service_form_configurations_are_accepted(
             "enableMemoryOptimization": True,
             "webhookOptions": [
                 {"name": "nodedebuggingpodmetada.spo.io", "objectSelector": {"matchLabels": {"a": "b"}}},
+                {
+                    # Every operator, and values that need quoting, so that every CEL form is compiled.
+                    "name": "nodedebuggingpod.spo.io",
+                    "objectSelector": {
+                        "matchExpressions": [
+                            {"key": "x", "operator": "In", "values": ['q"uote\\', "é"]},
+                            {"key": "y", "operator": "NotIn", "values": ["1"]},
+                            {"key": "z", "operator": "Exists"},
+                            {"key": "w", "operator": "DoesNotExist"},
+                        ]
+                    },
+                },
                 {"name": "execmetadata.spo.io", "namespaceSelector": {"matchLabels": {"audit": "on"}}},
             ],
         }
