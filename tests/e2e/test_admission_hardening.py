@@ -407,16 +407,17 @@ def test_docs_extra_debug_selector_is_audited_under_the_documented_key(
     patch = next(e["patch"] for e in spod_patches() if e["section"] == "7.9.17.1")
     spec = SPODSpec.model_validate(merge_patch(E2E_SPOD_SPEC.to_dict(), patch["spec"]))
     register_webhooks(control_plane, kube, webhook_server.url, spec)
+    kubeconfig = control_plane.kubeconfig
     try:
         labels = {constants.LABEL_OC_DEBUG: constants.OC_DEBUG_VALUE}
-        assert (
-            _create_pod(control_plane.kubeconfig, namespace, _pod(BUSYBOX, "node-debug", labels)).returncode
-            == 0
-        )
+        assert _create_pod(kubeconfig, namespace, _pod(BUSYBOX, "node-debug", labels)).returncode == 0
+        assert _create_pod(kubeconfig, namespace, _pod(BUSYBOX, "plain", {"app": "x"})).returncode == 0
     finally:
         register_webhooks(control_plane, kube, webhook_server.url)
 
-    pod = kubectl_json(control_plane.kubeconfig, "-n", namespace, "get", "pod", "node-debug")
+    plain = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "plain")
+    assert "env" not in plain["spec"]["containers"][0]
+    pod = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "node-debug")
     uid = _env(pod["spec"]["containers"][0])[constants.EXEC_REQUEST_UID_ENV]
     key = f"{constants.WEBHOOK_NODE_DEBUGGING_POD}/{constants.EXEC_REQUEST_UID_ENV}"
     assert _audit_annotation(control_plane.audit_log, namespace, "node-debug", key, None) == uid
