@@ -29,7 +29,7 @@ from api.types import (
     seccomp_localhost_profile,
     selinux_usage,
 )
-from webhooks.decisions.decision import STATUS_BAD_REQUEST, Decision, deny
+from webhooks.decisions.decision import STATUS_BAD_REQUEST, Decision, deny, deny_invalid
 from webhooks.decisions.pods import (
     OP_CREATE,
     OP_UPDATE,
@@ -110,10 +110,7 @@ def _bind(request: Mapping[str, Any], snapshot: Snapshot, targets: _Targets) -> 
         return Decision(message="no container starts with a new image: pod unchanged")
     invalid = snapshot.invalid_objects(ProfileBinding.KIND, namespace)
     if invalid:
-        return deny(
-            "; ".join(o.describe() for o in invalid)
-            + ": the bindings of this namespace cannot be enforced until it is fixed or deleted"
-        )
+        return deny_invalid(invalid, "the bindings of this namespace cannot be enforced")
     by_image: dict[str, list[Container]] = {}
     for container in targets.all():
         if container.image is not None:

@@ -32,7 +32,7 @@ from api.constants import (
 )
 from api.selectors import matches
 from api.types import ProfileRecording, SeccompProfile, SelinuxProfile, seccomp_localhost_profile
-from webhooks.decisions.decision import STATUS_BAD_REQUEST, Decision, deny
+from webhooks.decisions.decision import STATUS_BAD_REQUEST, Decision, deny, deny_invalid
 from webhooks.decisions.pods import (
     OP_CREATE,
     OP_UPDATE,
@@ -98,10 +98,7 @@ def _record(
     namespace = request_namespace(request)
     invalid = snapshot.invalid_objects(ProfileRecording.KIND, namespace)
     if invalid:
-        return deny(
-            "; ".join(o.describe() for o in invalid)
-            + ": the recordings of this namespace cannot be applied until it is fixed or deleted"
-        )
+        return deny_invalid(invalid, "the recordings of this namespace cannot be applied")
     pod = request_object(request)
     metadata = child_object(pod, "metadata", "object")
     labels = string_map(metadata, "labels", "metadata")
