@@ -33,6 +33,8 @@ KUBECTL_DEBUG_VALUE: Final = "kubectl-debug"
 LABEL_OC_DEBUG: Final = "debug.openshift.io/managed-by"
 OC_DEBUG_VALUE: Final = "oc-debug"
 LABEL_KUBELET_DIRECTORY: Final = "kubelet.kubernetes.io/directory-location"
+# Set by the apiserver on every namespace to the namespace's name; nobody can change it.
+LABEL_NAMESPACE_NAME: Final = "kubernetes.io/metadata.name"
 
 # --- annotations --------------------------------------------------------------------------------
 ANNOTATION_TRACE_LOGS_PREFIX: Final = "io.containers.trace-logs/"
@@ -63,10 +65,29 @@ WEBHOOK_RECORDING: Final = "recording.spo.io"
 WEBHOOK_EXEC_METADATA: Final = "execmetadata.spo.io"
 WEBHOOK_NODE_DEBUGGING_POD: Final = "nodedebuggingpod.spo.io"
 WEBHOOK_RAW_SELINUX: Final = "rawselinuxprofile-validation.spo.io"
+WEBHOOK_PROFILE_BINDING: Final = "profilebinding-validation.spo.io"
+FAILURE_POLICY_FAIL: Final = "Fail"
+FAILURE_POLICY_IGNORE: Final = "Ignore"
+# The failurePolicy each webhook is registered with unless the spod's webhookOptions say otherwise; the
+# webhook answers its own internal errors the same way, so an error and an outage have one effect.
+# Fail closed where the webhook enforces something: a pod admitted unpatched would run without the
+# profile an admin bound to it; a pod whose recording annotations were not checked could carry forged
+# ones, which the agent would attribute to a recording; an unchecked raw policy could escape its block;
+# an unchecked binding could conflict with another. Fail open for exec and debug tagging, which only
+# adds an audit correlation to every exec in the cluster and must not block access.
+DEFAULT_FAILURE_POLICIES: Final = {
+    WEBHOOK_BINDING: FAILURE_POLICY_FAIL,
+    WEBHOOK_RECORDING: FAILURE_POLICY_FAIL,
+    WEBHOOK_EXEC_METADATA: FAILURE_POLICY_IGNORE,
+    WEBHOOK_NODE_DEBUGGING_POD: FAILURE_POLICY_IGNORE,
+    WEBHOOK_RAW_SELINUX: FAILURE_POLICY_FAIL,
+    WEBHOOK_PROFILE_BINDING: FAILURE_POLICY_FAIL,
+}
 PATH_BINDING: Final = "/mutate-v1-pod-binding"
 PATH_RECORDING: Final = "/mutate-v1-pod-recording"
 PATH_EXEC_METADATA: Final = "/mutate-v1-exec-metadata"
 PATH_RAW_SELINUX: Final = "/validate-rawselinuxprofile"
+PATH_PROFILE_BINDING: Final = "/validate-profilebinding"
 WEBHOOK_SERVICE: Final = "webhook-service"
 WEBHOOK_DEPLOYMENT: Final = "security-profiles-operator-webhook"
 WEBHOOK_CERT_SECRET: Final = "webhook-server-cert"

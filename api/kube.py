@@ -3,14 +3,15 @@ pod's service account, and list+watch caches of our resources.
 
 A cache lists once, then watches from the list's resourceVersion; when the apiserver answers
 410 Gone (the version fell out of its window) it lists again, and on any other error it reconnects
-with a capped backoff. Readers only ever see fully parsed objects.
+with a capped backoff. Readers only ever see fully parsed objects, and, apart, the stored objects
+that the models reject (InvalidObject), so that nothing stored silently disappears.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, cast
 
 import pydantic
@@ -18,7 +19,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from api.kinds import ResourceKind
-from api.types import Resource
+from api.types import InvalidObject, Resource
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient()
 
 
-def object_key(obj: Resource) -> str:
-    return f"{obj.metadata.namespace or ''}/{obj.metadata.name}"
-
-
 class ResourceCache(Generic[R]):
     """An in-memory, always-parsed copy of every object of one kind, kept by list+watch."""
 
@@ -53,6 +50,8 @@ class ResourceCache(Generic[R]):
         self._model = model
         self._objects: dict[str, R] = {}
         self._by_namespace: dict[str, tuple[R, ...]] = {}
+        self._invalid: dict[str, InvalidObject] = {}
+        self._invalid_by_namespace: dict[str, tuple[InvalidObject, ...]] = {}
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stopping = threading.Event()
@@ -60,11 +59,19 @@ class ResourceCache(Generic[R]):
         self._thread = threading.Thread(target=self._run, name=f"cache-{kind.plural}", daemon=True)
 
     # --- readers -------------------------------------------------------------------------------
+    @property
+    def kind(self) -> ResourceKind:
+        return self._kind
+
     def get(self, name: str, namespace: str = "") -> R | None:
         return self._objects.get(f"{namespace}/{name}")
 
     def in_namespace(self, namespace: str) -> tuple[R, ...]:
         return self._by_namespace.get(namespace, ())
+
+    def invalid_in(self, namespace: str) -> tuple[InvalidObject, ...]:
+        """The stored objects of the namespace ("" for cluster-scoped ones) that the model rejects."""
+        return self._invalid_by_namespace.get(namespace, ())
 
     def has_synced(self) -> bool:
         return self._synced.is_set()
@@ -116,9 +123,17 @@ class ResourceCache(Generic[R]):
 
     def _list(self) -> str:
         listing = self._list_call()
-        fresh = {object_key(o): o for o in self._parse_all(listing.get("items", []))}
+        fresh: dict[str, R] = {}
+        invalid: dict[str, InvalidObject] = {}
+        for raw in listing.get("items", []):
+            parsed = self._parse(raw)
+            if isinstance(parsed, InvalidObject):
+                invalid[_raw_key(raw)] = parsed
+            else:
+                fresh[_raw_key(raw)] = parsed
         with self._lock:
             self._objects = fresh
+            self._invalid = invalid
             self._reindex()
         self._synced.set()
         return str(listing["metadata"]["resourceVersion"])
@@ -141,40 +156,43 @@ class ResourceCache(Generic[R]):
         return str(stream.resource_version or resource_version)
 
     def _apply(self, event_type: str, raw: dict[str, Any]) -> None:
-        metadata = raw.get("metadata", {})
-        key = f"{metadata.get('namespace') or ''}/{metadata.get('name')}"
+        key = _raw_key(raw)
         with self._lock:
-            objects = dict(self._objects)
-            if event_type == "DELETED":
-                objects.pop(key, None)
-            else:
+            objects, invalid = dict(self._objects), dict(self._invalid)
+            objects.pop(key, None)
+            invalid.pop(key, None)
+            if event_type != "DELETED":
                 parsed = self._parse(raw)
-                if parsed is None:
-                    objects.pop(key, None)
+                if isinstance(parsed, InvalidObject):
+                    invalid[key] = parsed
                 else:
                     objects[key] = parsed
-            self._objects = objects
+            self._objects, self._invalid = objects, invalid
             self._reindex()
 
     def _reindex(self) -> None:
-        grouped: dict[str, list[R]] = {}
-        for obj in self._objects.values():
-            grouped.setdefault(obj.metadata.namespace or "", []).append(obj)
-        self._by_namespace = {ns: tuple(objs) for ns, objs in grouped.items()}
+        self._by_namespace = _by_namespace(self._objects.values(), lambda o: o.metadata.namespace or "")
+        self._invalid_by_namespace = _by_namespace(self._invalid.values(), lambda o: o.namespace)
 
-    def _parse_all(self, raws: Iterable[dict[str, Any]]) -> list[R]:
-        return [p for p in (self._parse(r) for r in raws) if p is not None]
-
-    def _parse(self, raw: dict[str, Any]) -> R | None:
+    def _parse(self, raw: dict[str, Any]) -> R | InvalidObject:
         try:
             return self._model.model_validate(raw)
         except pydantic.ValidationError as error:
-            # Stored objects that our stricter models reject are left out: the webhook then treats
-            # them as absent, which for bindings means pods are denied rather than left unprotected.
-            log.warning(
-                "%s %s is not valid, ignoring it: %s",
-                self._kind.kind,
-                raw.get("metadata", {}).get("name"),
-                error,
-            )
-            return None
+            invalid = InvalidObject.of(self._kind.kind, raw, error)
+            log.warning("%s", invalid.describe())
+            return invalid
+
+
+T = TypeVar("T")
+
+
+def _by_namespace(objects: Iterable[T], namespace_of: Callable[[T], str]) -> dict[str, tuple[T, ...]]:
+    grouped: dict[str, list[T]] = {}
+    for obj in objects:
+        grouped.setdefault(namespace_of(obj), []).append(obj)
+    return {ns: tuple(objs) for ns, objs in grouped.items()}
+
+
+def _raw_key(raw: dict[str, Any]) -> str:
+    metadata = raw.get("metadata", {})
+    return f"{metadata.get('namespace') or ''}/{metadata.get('name')}"

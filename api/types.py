@@ -8,6 +8,7 @@ default or pattern is declared once, here.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -15,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -30,6 +32,13 @@ SyscallName = Annotated[
     AfterValidator(validation.syscall_name),
     WithJsonSchema({"type": "string", "pattern": validation.SYSCALL_NAME_PATTERN}),
 ]
+# The pattern admits neither '/' nor '.' or '..' alone, so the CRD refuses names that profile_name does.
+_PROFILE_NAME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": validation.DNS1123_SUBDOMAIN_PATTERN,
+    "maxLength": validation.DNS1123_SUBDOMAIN_MAX_LENGTH,
+}
+ProfileName = Annotated[str, AfterValidator(validation.profile_name), WithJsonSchema(_PROFILE_NAME_SCHEMA)]
 SelinuxIdentifier = Annotated[
     str,
     AfterValidator(validation.selinux_identifier),
@@ -120,6 +129,8 @@ class Resource(Model):
 
     KIND: ClassVar[str]
     VERSION: ClassVar[str]
+    # The schema of metadata.name in the CRD, where the model checks the name beyond the apiserver.
+    NAME_SCHEMA: ClassVar[dict[str, Any] | None] = None
 
     api_version: str
     kind: str
@@ -137,6 +148,8 @@ class Resource(Model):
 
 class ProfileResource(Resource):
     """Profiles become node files named after them, so their names are checked strictly."""
+
+    NAME_SCHEMA: ClassVar[dict[str, Any] | None] = _PROFILE_NAME_SCHEMA
 
     @field_validator("metadata")
     @classmethod
@@ -302,12 +315,7 @@ class RawSelinuxProfile(ProfileResource):
 
 class ProfileReference(Model):
     kind: Literal["SeccompProfile", "SelinuxProfile"]
-    name: str = Field(min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, name: str) -> str:
-        return validation.profile_name(name)
+    name: ProfileName
 
 
 class ProfileBindingSpec(Model):
@@ -495,3 +503,39 @@ def seccomp_localhost_profile(profile_name: str) -> str:
 def selinux_usage(profile_name: str) -> str:
     """The SELinux type a workload sets in seLinuxOptions.type to run under the profile."""
     return f"{profile_name}{constants.SELINUX_TYPE_SUFFIX}"
+
+
+# --- stored objects the models reject ------------------------------------------------------------------
+
+_SHOWN_ERRORS = 3
+
+
+@dataclass(frozen=True)
+class InvalidObject:
+    """A stored object that the models reject, e.g. one written under an older, laxer CRD.
+
+    Readers keep it instead of dropping it, so that whoever relies on such objects (a namespace's
+    bindings, say) can fail closed and say which object to fix, rather than act as if it were absent.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    reason: str
+
+    @classmethod
+    def of(cls, kind: str, raw: dict[str, Any], error: ValidationError) -> InvalidObject:
+        metadata = raw.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc']) or 'object'}: {e['msg']}"
+            for e in error.errors()[:_SHOWN_ERRORS]
+        ]
+        more = error.error_count() - _SHOWN_ERRORS
+        if more > 0:
+            problems.append(f"and {more} more")
+        return cls(kind, str(metadata.get("namespace") or ""), str(metadata.get("name")), "; ".join(problems))
+
+    def describe(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind} {where} is stored but not valid ({self.reason})"

@@ -7,6 +7,7 @@ validation error naming the field.
 import re
 
 DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS1123_SUBDOMAIN_MAX_LENGTH = 253
 # CIL identifiers: anything else could close the surrounding S-expression and inject statements.
 SELINUX_IDENTIFIER_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"
 SYSCALL_NAME_PATTERN = r"^[a-z0-9_]+$"
@@ -19,7 +20,7 @@ _SYSCALL_NAME = re.compile(SYSCALL_NAME_PATTERN)
 
 
 def dns1123_subdomain(value: str) -> str:
-    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+    if len(value) > DNS1123_SUBDOMAIN_MAX_LENGTH or not _DNS1123_SUBDOMAIN.match(value):
         raise ValueError(
             f"{value!r} is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', "
             "starting and ending alphanumeric, at most 253 characters)"

@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssl procps ca-certificates git secilc policycoreutils selinux-policy-default busybox-static)
+# python3-venv: a stock Debian python3 cannot `python3 -m venv` without it (no ensurepip).
+# secilc, policycoreutils, selinux-policy-default: RawSelinuxProfile policies are compiled in the tests.
+# busybox-static: the node's images are built from it.
+APT_PACKAGES=(openssl procps ca-certificates git python3-venv secilc policycoreutils selinux-policy-default
+  busybox-static)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -14,7 +18,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "[setup] installing apt packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -100,6 +100,8 @@ def openapi_schema(kind: ResourceKind) -> dict[str, Any]:
     root = _convert(schema, defs, kind.kind, ())
     # Only name and generateName may be constrained at the root; the apiserver validates the rest.
     root["properties"]["metadata"] = {"type": "object"}
+    if kind.model.NAME_SCHEMA is not None:
+        root["properties"]["metadata"]["properties"] = {"name": dict(kind.model.NAME_SCHEMA)}
     required = [name for name in root.pop("required", []) if name not in _TYPE_META_AND_METADATA]
     if required:
         root["required"] = required

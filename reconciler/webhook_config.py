@@ -1,30 +1,36 @@
 """The desired admission webhook configurations (pure), and the step that applies them.
 
-Choices that differ from upstream: binding is registered for CREATE only (it never mutates on UPDATE
-or DELETE, and has no side effects); every webhook has an explicit timeout; both AdmissionReview
-versions are accepted; our own pods are excluded by an object selector; the raw SELinux validating
-webhook is always registered.
+Choices that differ from upstream:
+- binding sees pod CREATE and, through `matchConditions`, only those pod UPDATEs and
+  `pods/ephemeralcontainers` updates that change a container image: an image is mutable, so a binding
+  enforced at creation only could be escaped with `kubectl set image`; every other update (labels,
+  finalizers, termination) never waits on the webhook, so an outage cannot wedge pods.
+- our own pods are left out by the namespace they run in, not by a label: any user can put
+  `name: spod` on a pod, but only the apiserver sets `kubernetes.io/metadata.name` on a namespace.
+- recording fails closed (see desired_mutating_configuration) and keeps its opt-in namespace selector
+  with memory optimisation too.
+- the node-debugging-pod webhook is one entry whatever extra debug labels are configured (an
+  objectSelector cannot OR two labels, `matchConditions` can), so the apiserver records its audit
+  annotation under `nodedebuggingpod.spo.io/`, the key the docs show.
+- every webhook has an explicit timeout; both AdmissionReview versions are accepted; ProfileBindings
+  and RawSelinuxProfiles are validated.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from api import constants
-from api.types import LabelSelector, SPODSpec, WebhookOptions
+from api import constants, kinds
+from api.types import LabelSelector, LabelSelectorRequirement, SPODSpec, WebhookOptions
 
 REVIEW_VERSIONS = ["v1", "v1beta1"]
 # Docs 7.9.17.1 spell the node-debugging webhook this way; users copying it mean that webhook.
 _NAME_ALIASES = {"nodedebuggingpodmetada.spo.io": constants.WEBHOOK_NODE_DEBUGGING_POD}
-_OUR_POD_NAMES = [
-    constants.RECONCILER_NAME_LABEL_VALUE,
-    constants.WEBHOOK_NAME_LABEL_VALUE,
-    constants.SPOD_NAME_LABEL_VALUE,
-]
 
 
 @dataclass(frozen=True)
@@ -56,13 +62,73 @@ def _exists(key: str) -> dict[str, Any]:
     return {"matchExpressions": [{"key": key, "operator": "Exists"}]}
 
 
-def _not_our_pods(extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    expressions = [{"key": constants.LABEL_NAME, "operator": "NotIn", "values": _OUR_POD_NAMES}]
-    return {"matchExpressions": expressions + (extra or [])}
+def _outside(namespace: str, selector: dict[str, Any]) -> dict[str, Any]:
+    """`selector`, narrowed to namespaces other than the operator's (where its own pods run)."""
+    expression = {"key": constants.LABEL_NAMESPACE_NAME, "operator": "NotIn", "values": [namespace]}
+    return {**selector, "matchExpressions": [*selector.get("matchExpressions", []), expression]}
 
 
 def _pod_rule(operations: list[str], resource: str = "pods") -> dict[str, Any]:
     return {"apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": [resource]}
+
+
+# --- matchConditions (CEL, evaluated by the apiserver before it calls the webhook) ----------------------
+
+_CREATE = "request.operation == 'CREATE'"
+
+
+def _images(pod: str) -> str:
+    """The images of every container of `pod`, in order; absent fields read as empty, so a malformed pod
+    is left to the webhook (or to validation) rather than to a CEL error."""
+    lists = [
+        f"{pod}.spec.?{field}.orValue([])"
+        for field in ("initContainers", "containers", "ephemeralContainers")
+    ]
+    return " + ".join(f"{items}.map(c, c.?image.orValue(''))" for items in lists)
+
+
+# Creations, and updates that change an image or add an ephemeral container (which adds an image).
+_IMAGE_CHANGES = {
+    "name": "image-change",
+    "expression": f"{_CREATE} || {_images('object')} != {_images('oldObject')}",
+}
+# Creations, and updates that change an annotation (where a forged recording annotation could come in).
+_ANNOTATION_CHANGES = {
+    "name": "annotation-change",
+    "expression": f"{_CREATE} || object.metadata.?annotations.orValue({{}}) != "
+    "oldObject.metadata.?annotations.orValue({})",
+}
+_LABELS = "object.metadata.?labels.orValue({})"
+
+
+def _cel_string(value: str) -> str:
+    # JSON's string escapes (\\, \", \n, \uXXXX) are valid in CEL string literals; other characters stay
+    # as they are, since CEL has no surrogate pairs for the \uXXXX escapes of characters beyond U+FFFF.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _requirement_cel(requirement: LabelSelectorRequirement) -> str:
+    key = _cel_string(requirement.key)
+    values = "[" + ", ".join(_cel_string(v) for v in requirement.values or []) + "]"
+    present = f"{key} in {_LABELS}"
+    return {
+        "In": f"({present} && {_LABELS}[{key}] in {values})",
+        "NotIn": f"(!({present}) || !({_LABELS}[{key}] in {values}))",
+        "Exists": f"({present})",
+        "DoesNotExist": f"!({present})",
+    }[requirement.operator]
+
+
+def _selector_cel(selector: LabelSelector) -> str:
+    """A CEL test of the pod's labels that is true exactly when the label selector matches them."""
+    requirements = [
+        LabelSelectorRequirement(key=key, operator="In", values=[value])
+        for key, value in (selector.match_labels or {}).items()
+    ] + list(selector.match_expressions or [])
+    if not requirements:
+        return "true"
+    tests = [_requirement_cel(r) for r in requirements]
+    return tests[0] if len(tests) == 1 else "(" + " && ".join(tests) + ")"
 
 
 def _webhook(
@@ -72,23 +138,26 @@ def _webhook(
     ca_bundle: str,
     rules: list[dict[str, Any]],
     *,
-    failure_policy: str,
     timeout_seconds: int,
     namespace_selector: dict[str, Any] | None = None,
     object_selector: dict[str, Any] | None = None,
+    match_conditions: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    webhook = {
         "name": name,
         "admissionReviewVersions": REVIEW_VERSIONS,
         "clientConfig": endpoint.client_config(path, ca_bundle),
         "rules": rules,
-        "failurePolicy": failure_policy,
+        "failurePolicy": constants.DEFAULT_FAILURE_POLICIES[name],
         "sideEffects": "None",
         "timeoutSeconds": timeout_seconds,
         "matchPolicy": "Equivalent",
         "namespaceSelector": namespace_selector or {},
         "objectSelector": object_selector or {},
     }
+    if match_conditions:
+        webhook["matchConditions"] = match_conditions
+    return webhook
 
 
 def _options_by_name(spec: SPODSpec) -> dict[str, list[WebhookOptions]]:
@@ -110,31 +179,27 @@ def _apply_options(webhook: dict[str, Any], options: list[WebhookOptions]) -> di
     return webhook
 
 
-def desired_mutating_configuration(spec: SPODSpec, endpoint: Endpoint, ca_bundle: str) -> dict[str, Any]:
+def desired_mutating_configuration(
+    spec: SPODSpec,
+    endpoint: Endpoint,
+    ca_bundle: str,
+    operator_namespace: str = constants.DEFAULT_NAMESPACE,
+) -> dict[str, Any]:
     options = _options_by_name(spec)
-    if spec.enable_memory_optimization:
-        # Only pods labelled for recording reach the webhook, wherever they run (docs 7.8.3).
-        recording_selectors: dict[str, Any] = {
-            "object_selector": _not_our_pods(
-                [{"key": constants.LABEL_ENABLE_RECORDING, "operator": "Exists"}]
-            )
-        }
-    else:
-        recording_selectors = {
-            "namespace_selector": _exists(constants.LABEL_ENABLE_RECORDING),
-            "object_selector": _not_our_pods(),
-        }
+    # Recording fails closed (constants.DEFAULT_FAILURE_POLICIES); the blast radius of an outage stays what
+    # the admin opted into: pods of namespaces labelled for recording (and, with memory optimisation,
+    # only the labelled pods there).
+    recording_pods = _exists(constants.LABEL_ENABLE_RECORDING) if spec.enable_memory_optimization else {}
     webhooks = [
         _webhook(
             constants.WEBHOOK_BINDING,
             constants.PATH_BINDING,
             endpoint,
             ca_bundle,
-            [_pod_rule(["CREATE"])],
-            failure_policy="Fail",
+            [_pod_rule(["CREATE", "UPDATE"]), _pod_rule(["UPDATE"], "pods/ephemeralcontainers")],
             timeout_seconds=10,
             namespace_selector=_exists(constants.LABEL_ENABLE_BINDING),
-            object_selector=_not_our_pods(),
+            match_conditions=[_IMAGE_CHANGES],
         ),
         _webhook(
             constants.WEBHOOK_RECORDING,
@@ -142,27 +207,32 @@ def desired_mutating_configuration(spec: SPODSpec, endpoint: Endpoint, ca_bundle
             endpoint,
             ca_bundle,
             [_pod_rule(["CREATE", "UPDATE"])],
-            failure_policy="Fail",
             timeout_seconds=10,
-            **recording_selectors,
+            namespace_selector=_exists(constants.LABEL_ENABLE_RECORDING),
+            object_selector=recording_pods,
+            match_conditions=[_ANNOTATION_CHANGES],
         ),
     ]
+    for webhook in webhooks:
+        _apply_options(webhook, options.get(webhook["name"], []))
+        # After the options, so that a namespaceSelector from the spod cannot bring our own pods (the
+        # webhook's among them) under a webhook that fails closed.
+        webhook["namespaceSelector"] = _outside(operator_namespace, webhook["namespaceSelector"])
     if spec.enable_json_enricher:
         webhooks.append(
-            _webhook(
-                constants.WEBHOOK_EXEC_METADATA,
-                constants.PATH_EXEC_METADATA,
-                endpoint,
-                ca_bundle,
-                [_pod_rule(["CONNECT"], "pods/exec"), _pod_rule(["UPDATE"], "pods/ephemeralcontainers")],
-                failure_policy="Ignore",
-                timeout_seconds=5,
+            _apply_options(
+                _webhook(
+                    constants.WEBHOOK_EXEC_METADATA,
+                    constants.PATH_EXEC_METADATA,
+                    endpoint,
+                    ca_bundle,
+                    [_pod_rule(["CONNECT"], "pods/exec"), _pod_rule(["UPDATE"], "pods/ephemeralcontainers")],
+                    timeout_seconds=5,
+                ),
+                options.get(constants.WEBHOOK_EXEC_METADATA, []),
             )
         )
-        webhooks.extend(_node_debugging_webhooks(endpoint, ca_bundle, options))
-    for webhook in webhooks:
-        if webhook["name"] != constants.WEBHOOK_NODE_DEBUGGING_POD:
-            _apply_options(webhook, options.get(webhook["name"], []))
+        webhooks.append(_node_debugging_webhook(endpoint, ca_bundle, options))
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -174,41 +244,40 @@ def desired_mutating_configuration(spec: SPODSpec, endpoint: Endpoint, ca_bundle
     }
 
 
-def _node_debugging_webhooks(
+def _node_debugging_webhook(
     endpoint: Endpoint, ca_bundle: str, options: dict[str, list[WebhookOptions]]
-) -> list[dict[str, Any]]:
+) -> dict[str, Any]:
     """kubectl's debug pods are always selected; an option's objectSelector selects more debug pods
-    (e.g. `oc debug`'s label) in an entry of its own, since one label selector cannot OR two keys."""
-    selectors = [{"matchLabels": {constants.LABEL_KUBECTL_DEBUG: constants.KUBECTL_DEBUG_VALUE}}]
+    (e.g. `oc debug`'s label, docs 7.9.17.1) as an alternative in the match condition."""
+    kubectl_debug = LabelSelector(match_labels={constants.LABEL_KUBECTL_DEBUG: constants.KUBECTL_DEBUG_VALUE})
     node_options = options.get(constants.WEBHOOK_NODE_DEBUGGING_POD, [])
-    selectors += [_selector(o.object_selector) for o in node_options if o.object_selector is not None]
+    selectors = [kubectl_debug, *(o.object_selector for o in node_options if o.object_selector is not None)]
+    debug_pods = {"name": "debug-pod", "expression": " || ".join(_selector_cel(s) for s in selectors)}
     shared = [o.model_copy(update={"object_selector": None}) for o in node_options]
-    name_prefix, _, domain = constants.WEBHOOK_NODE_DEBUGGING_POD.partition(".")
-    return [
-        _apply_options(
-            _webhook(
-                constants.WEBHOOK_NODE_DEBUGGING_POD if index == 0 else f"{name_prefix}-{index}.{domain}",
-                constants.PATH_EXEC_METADATA,
-                endpoint,
-                ca_bundle,
-                [_pod_rule(["CREATE"])],
-                failure_policy="Ignore",
-                timeout_seconds=5,
-                object_selector=selector,
-            ),
-            shared,
-        )
-        for index, selector in enumerate(selectors)
-    ]
+    return _apply_options(
+        _webhook(
+            constants.WEBHOOK_NODE_DEBUGGING_POD,
+            constants.PATH_EXEC_METADATA,
+            endpoint,
+            ca_bundle,
+            [_pod_rule(["CREATE"])],
+            timeout_seconds=5,
+            match_conditions=[debug_pods],
+        ),
+        shared,
+    )
 
 
-def desired_validating_configuration(endpoint: Endpoint, ca_bundle: str) -> dict[str, Any]:
-    rule = {
+def _our_rule(resource: str) -> dict[str, Any]:
+    return {
         "apiGroups": [constants.GROUP],
         "apiVersions": ["*"],
         "operations": ["CREATE", "UPDATE"],
-        "resources": ["rawselinuxprofiles"],
+        "resources": [resource],
     }
+
+
+def desired_validating_configuration(endpoint: Endpoint, ca_bundle: str) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -218,16 +287,22 @@ def desired_validating_configuration(endpoint: Endpoint, ca_bundle: str) -> dict
         },
         "webhooks": [
             _webhook(
-                constants.WEBHOOK_RAW_SELINUX,
-                constants.PATH_RAW_SELINUX,
+                name,
+                path,
                 endpoint,
                 ca_bundle,
-                [rule],
-                failure_policy="Fail",
+                [_our_rule(kind.plural)],
                 timeout_seconds=10,
             )
+            for name, path, kind in _VALIDATED
         ],
     }
+
+
+_VALIDATED = [
+    (constants.WEBHOOK_RAW_SELINUX, constants.PATH_RAW_SELINUX, kinds.RAW_SELINUX_PROFILE),
+    (constants.WEBHOOK_PROFILE_BINDING, constants.PATH_PROFILE_BINDING, kinds.PROFILE_BINDING),
+]
 
 
 _WEBHOOK_CONFIGURATION_MODELS = {

@@ -88,7 +88,7 @@ def bring_up(state_dir: Path, namespace: str, webhook_port: int) -> localcluster
         )
         apply_webhook_configurations(
             api,
-            desired_mutating_configuration(spod.spec, endpoint, bundle),
+            desired_mutating_configuration(spod.spec, endpoint, bundle, namespace),
             desired_validating_configuration(endpoint, bundle),
         )
     except BaseException:

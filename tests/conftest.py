@@ -6,9 +6,11 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, settings
 from kubernetes import client
 
 import certs
@@ -25,6 +27,11 @@ from reconciler.webhook_config import (
 from spo import localcluster
 from spo.bringup import start_webhook
 from spo.processes import stop_process
+
+# The machines tests run on are shared and loaded: how long an example takes says nothing about the code,
+# so neither a deadline nor the too_slow health check may fail a property test.
+settings.register_profile("loaded-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("loaded-machine")
 
 # The spod the e2e webhook registration is computed from: exec auditing on, so every webhook is live.
 E2E_SPOD_SPEC = SPODSpec(enable_json_enricher=True)
@@ -90,11 +97,27 @@ def webhook_server(
     server.stop()
 
 
-def register_webhooks(cluster: localcluster.ControlPlane, kube: client.ApiClient, url: str) -> None:
+def register_webhooks(
+    cluster: localcluster.ControlPlane, kube: client.ApiClient, url: str, spec: SPODSpec = E2E_SPOD_SPEC
+) -> None:
     bundle = certs.ca_bundle(certs.load_pair(cluster.pki.directory, "ca.crt", "ca.key"))
     endpoint = Endpoint(url=url)
     apply_webhook_configurations(
         kube,
-        desired_mutating_configuration(E2E_SPOD_SPEC, endpoint, bundle),
+        desired_mutating_configuration(spec, endpoint, bundle),
         desired_validating_configuration(endpoint, bundle),
     )
+
+
+@contextmanager
+def webhook_down(
+    cluster: localcluster.ControlPlane, kube: client.ApiClient, serving: WebhookServer
+) -> Iterator[None]:
+    """The webhooks registered at a URL where nothing answers, as during an outage; `serving` after."""
+    doomed = start_webhook_server(cluster, localcluster.free_port())
+    register_webhooks(cluster, kube, doomed.url)
+    doomed.stop()
+    try:
+        yield
+    finally:
+        register_webhooks(cluster, kube, serving.url)

@@ -27,3 +27,13 @@ def kubectl(
 
 def kubectl_json(kubeconfig: Path, *args: str) -> Any:
     return json.loads(kubectl(kubeconfig, *args, "-o", "json").stdout)
+
+
+def dry_run_create(
+    kubeconfig: Path, manifest: str, *flags: str, namespace: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl create --dry-run=server`: admission and validation run, nothing is stored."""
+    where = ["-n", namespace] if namespace else []
+    return kubectl(
+        kubeconfig, *where, "create", "--dry-run=server", *flags, "-f", "-", stdin=manifest, check=False
+    )

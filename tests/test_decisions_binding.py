@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from api.types import ProfileBinding, SeccompProfile, SelinuxProfile
+from api.types import InvalidObject, ProfileBinding, SeccompProfile, SelinuxProfile
 from tests.test_decisions_support import (
     BUSYBOX,
     NAMESPACE,
@@ -207,13 +207,6 @@ MUTATIONS = [
         id="seccomp-and-selinux-without-security-context",
     ),
     pytest.param(
-        pod([container("c", NGINX)]),
-        [NGINX_SECCOMP, binding("later", SECCOMP, "other", NGINX)],
-        [PROFILE, seccomp_profile("other")],
-        [("/spec/containers/0/securityContext", {"seccompProfile": localhost("operator/other.json")})],
-        id="later-binding-of-same-kind-wins",
-    ),
-    pytest.param(
         pod([container("c", REDIS)]),
         [binding("all", SECCOMP, "profile", "*")],
         [PROFILE],
@@ -250,13 +243,6 @@ MUTATIONS = [
         [PROFILE],
         [("/spec/securityContext", {"seccompProfile": localhost("operator/profile.json")})],
         id="wildcard-never-touches-container-level",
-    ),
-    pytest.param(
-        pod([container("c", REDIS)]),
-        [binding("first", SECCOMP, "profile", "*"), binding("second", SECCOMP, "other", "*")],
-        [PROFILE, seccomp_profile("other")],
-        [("/spec/securityContext", {"seccompProfile": localhost("operator/other.json")})],
-        id="last-wildcard-wins",
     ),
     pytest.param(
         pod([container("c", NGINX), container("d", REDIS)]),
@@ -422,8 +408,8 @@ def test_unusable_profile_of_a_binding_the_pod_does_not_need_is_ignored() -> Non
     }
 
 
-@pytest.mark.parametrize("operation", ["UPDATE", "DELETE", "CONNECT", None])
-def test_binding_only_acts_on_create(operation: str | None) -> None:
+@pytest.mark.parametrize("operation", ["DELETE", "CONNECT", None])
+def test_binding_only_acts_on_create_and_update(operation: str | None) -> None:
     request = admission(pod([container("c", NGINX)]), operation=str(operation))
     if operation is None:
         del request["operation"]
@@ -471,3 +457,185 @@ def test_binding_rejects_undecodable_request(overrides: dict[str, Any], message:
     assert not decision.allowed
     assert decision.code == 400
     assert message in decision.message
+
+
+# --- conflicts and invalid bindings: the same answer whatever the cache's order ------------------------
+
+CONFLICTS = [
+    pytest.param(
+        pod([container("c", NGINX)]),
+        [NGINX_SECCOMP, binding("later", SECCOMP, "other", NGINX)],
+        "ProfileBinding my-namespace/later and ProfileBinding my-namespace/nginx-binding each bind a "
+        f"SeccompProfile to image {NGINX}",
+        id="same-image-same-kind",
+    ),
+    pytest.param(
+        pod([container("c", REDIS)]),
+        [binding("first", SECCOMP, "profile", "*"), binding("second", SECCOMP, "other", "*")],
+        "ProfileBinding my-namespace/first and ProfileBinding my-namespace/second each bind a "
+        "SeccompProfile to image *",
+        id="two-wildcards",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pod_object", "bindings", "message"), CONFLICTS)
+def test_conflicting_bindings_deny_naming_both_in_any_order(
+    pod_object: dict[str, Any], bindings: list[ProfileBinding], message: str
+) -> None:
+    profiles: list[Profile] = [PROFILE, seccomp_profile("other")]
+    decisions = [
+        decide_binding(admission(pod_object), snapshot(order, profiles))
+        for order in (bindings, bindings[::-1])
+    ]
+
+    assert decisions[0] == decisions[1]
+    assert not decisions[0].allowed
+    assert message in decisions[0].message
+
+
+def test_bindings_of_different_kinds_for_one_image_do_not_conflict() -> None:
+    decision = decide_binding(
+        admission(pod([container("c", NGINX)])),
+        snapshot([NGINX_SECCOMP, NGINX_SELINUX], [PROFILE, SELINUX_PROFILE]),
+    )
+
+    assert decision.allowed
+    assert len(decision.patch) == 1
+
+
+def test_invalid_stored_binding_denies_every_pod_of_its_namespace() -> None:
+    invalid = InvalidObject(
+        "ProfileBinding", NAMESPACE, "bad", "spec.profileRef.name: not a DNS-1123 subdomain"
+    )
+    elsewhere = InvalidObject("ProfileBinding", "other", "bad", "whatever")
+    pod_object = pod([container("c", REDIS)])
+
+    decision = decide_binding(
+        admission(pod_object), StaticSnapshot(invalid=[invalid, elsewhere], seccomp_profiles=[PROFILE])
+    )
+    unaffected = decide_binding(
+        admission(pod_object, namespace="third"), StaticSnapshot(invalid=[invalid, elsewhere])
+    )
+
+    assert not decision.allowed
+    assert decision.message.startswith(
+        "ProfileBinding my-namespace/bad is stored but not valid "
+        "(spec.profileRef.name: not a DNS-1123 subdomain)"
+    )
+    assert "whatever" not in decision.message
+    assert unaffected.allowed
+
+
+# --- updates: a changed image or a new ephemeral container ----------------------------------------------
+
+
+def update(old: dict[str, Any], new: dict[str, Any], sub_resource: str | None = None) -> dict[str, Any]:
+    return admission(new, operation="UPDATE", old=old, sub_resource=sub_resource)
+
+
+BOUND = {"seccompProfile": localhost("operator/profile.json")}
+
+
+def test_set_image_to_a_bound_image_is_refused_naming_the_binding() -> None:
+    old = pod([container("c", BUSYBOX)])
+    new = edited(old, ("/spec/containers/0/image", NGINX))
+
+    decision = decide_binding(update(old, new), snapshot([NGINX_SECCOMP], [PROFILE]))
+
+    assert not decision.allowed
+    assert decision.code == 403
+    assert "ProfileBinding my-namespace/nginx-binding" in decision.message
+    assert f"container c would run image {NGINX} without SeccompProfile profile" in decision.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        pytest.param(
+            pod([container("c", BUSYBOX, BOUND)]),
+            pod([container("c", NGINX, BOUND)]),
+            id="bound-image-already-under-its-profile",
+        ),
+        pytest.param(pod([container("c", NGINX)]), pod([container("c", REDIS)]), id="unbound-image"),
+        pytest.param(
+            pod([container("c", NGINX)]),
+            pod([container("c", NGINX)], labels={"a": "b"}),
+            id="no-image-change",
+        ),
+        pytest.param(
+            pod([container("c", BUSYBOX)], security_context={"seccompProfile": UNCONFINED}),
+            pod([container("c", REDIS)], security_context={"seccompProfile": UNCONFINED}),
+            id="wildcard-cannot-apply-after-creation",
+        ),
+    ],
+)
+def test_other_updates_pass_unchanged(old: dict[str, Any], new: dict[str, Any]) -> None:
+    bindings = [NGINX_SECCOMP, binding("all", SECCOMP, "profile", "*")]
+
+    decision = decide_binding(update(old, new), snapshot(bindings, [PROFILE]))
+
+    assert decision.allowed, decision.message
+    assert decision.patch == []
+
+
+def test_update_without_new_images_passes_even_with_broken_bindings() -> None:
+    old = pod([container("c", NGINX)])
+    broken = StaticSnapshot(
+        bindings=[NGINX_SECCOMP, binding("later", SECCOMP, "other", NGINX)],
+        invalid=[InvalidObject("ProfileBinding", NAMESPACE, "bad", "why")],
+    )
+
+    decision = decide_binding(update(old, edited(old, ("/metadata/finalizers", []))), broken)
+
+    assert decision.allowed
+    assert decision.patch == []
+
+
+def with_debugger(pod_object: dict[str, Any], name: str, image: str) -> dict[str, Any]:
+    debugger = container(name, image) | {"targetContainerName": "c"}
+    ephemeral = [*pod_object["spec"].get("ephemeralContainers", []), debugger]
+    return edited(pod_object, ("/spec/ephemeralContainers", ephemeral))
+
+
+def test_ephemeral_container_with_a_bound_image_gets_the_profile() -> None:
+    old = with_debugger(pod([container("c", REDIS)]), "old-debugger", NGINX)
+    new = with_debugger(old, "debugger", NGINX)
+
+    decision = decide_binding(update(old, new, "ephemeralcontainers"), snapshot([NGINX_SECCOMP], [PROFILE]))
+
+    assert decision.allowed
+    assert patched(new, decision) == edited(new, ("/spec/ephemeralContainers/1/securityContext", BOUND))
+
+
+def test_ephemeral_container_with_a_bound_image_and_no_usable_profile_is_refused() -> None:
+    old = pod([container("c", REDIS)])
+    new = with_debugger(old, "debugger", NGINX)
+
+    decision = decide_binding(update(old, new, "ephemeralcontainers"), snapshot([NGINX_SECCOMP], []))
+
+    assert not decision.allowed
+    assert 'ProfileBinding my-namespace/nginx-binding cannot be applied: SeccompProfile "profile"' in (
+        decision.message
+    )
+
+
+def test_update_without_old_object_is_a_bad_request() -> None:
+    decision = decide_binding(admission(pod([container("c", NGINX)]), operation="UPDATE"), snapshot([], []))
+
+    assert decision.code == 400
+    assert "request.oldObject must be an object, got null" in decision.message
+
+
+def test_binding_to_a_stored_but_invalid_profile_says_why() -> None:
+    invalid = InvalidObject("SeccompProfile", "", "profile", "spec.defaultAction: Input should be ...")
+
+    decision = decide_binding(
+        admission(pod([container("c", NGINX)])), StaticSnapshot(bindings=[NGINX_SECCOMP], invalid=[invalid])
+    )
+
+    assert not decision.allowed
+    assert decision.message == (
+        f'ProfileBinding {NAMESPACE}/nginx-binding cannot be applied: SeccompProfile "profile" '
+        "is stored but not valid (spec.defaultAction: Input should be ...)"
+    )

@@ -45,9 +45,24 @@ COMMANDS = [
         id="forged-uid-replaced",
     ),
     pytest.param(
-        ["env", f"{EXEC_REQUEST_UID_ENV}=", "env", f"{EXEC_REQUEST_UID_ENV}=x\n", "id"],
-        ["env", ASSIGNMENT, "env", ASSIGNMENT, "id"],
-        id="every-forged-uid-replaced-even-with-newline",
+        ["env", f"{EXEC_REQUEST_UID_ENV}=x\n", "id"],
+        ["env", ASSIGNMENT, "id"],
+        id="our-prefix-replaced-even-with-newline",
+    ),
+    pytest.param(
+        ["env", f"{EXEC_REQUEST_UID_ENV}=", "env", f"{EXEC_REQUEST_UID_ENV}=x", "id"],
+        ["env", ASSIGNMENT, "env", f"{EXEC_REQUEST_UID_ENV}=x", "id"],
+        id="only-the-leading-prefix-is-ours",
+    ),
+    pytest.param(
+        ["grep", f"{EXEC_REQUEST_UID_ENV}=", "/proc/1/environ"],
+        ["env", ASSIGNMENT, "grep", f"{EXEC_REQUEST_UID_ENV}=", "/proc/1/environ"],
+        id="user-argument-untouched",
+    ),
+    pytest.param(
+        [f"{EXEC_REQUEST_UID_ENV}=x", "id"],
+        ["env", ASSIGNMENT, f"{EXEC_REQUEST_UID_ENV}=x", "id"],
+        id="assignment-without-env-is-an-argument",
     ),
     pytest.param(
         ["env", f"X{EXEC_REQUEST_UID_ENV}=1", "id"],
@@ -57,8 +72,8 @@ COMMANDS = [
     pytest.param([], ["env", ASSIGNMENT], id="empty-command"),
     pytest.param(
         ["sh", "-c", "id", f"{EXEC_REQUEST_UID_ENV}=forged"],
-        ["env", ASSIGNMENT, "sh", "-c", "id", ASSIGNMENT],
-        id="forged-argument-replaced-and-env-still-prepended",
+        ["env", ASSIGNMENT, "sh", "-c", "id", f"{EXEC_REQUEST_UID_ENV}=forged"],
+        id="trailing-argument-untouched",
     ),
 ]
 

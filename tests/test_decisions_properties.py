@@ -4,6 +4,8 @@ patches apply cleanly, deciding again on the patched pod changes nothing, and no
 from __future__ import annotations
 
 import copy
+import dataclasses
+import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +36,7 @@ from webhooks.decisions import (
     Decision,
     decide_binding,
     decide_exec_metadata,
+    decide_profile_binding,
     decide_raw_selinux,
     decide_recording,
 )
@@ -144,7 +147,9 @@ def binding_snapshots(draw: st.DrawFn) -> StaticSnapshot:
 
 
 @st.composite
-def recording_snapshots(draw: st.DrawFn) -> StaticSnapshot:
+def recording_snapshots(draw: st.DrawFn, *, select_all: bool = False) -> StaticSnapshot:
+    """Recordings of any kind; with `select_all`, every one selects every container of every pod, so
+    that recordings compete for the same containers."""
     recordings: list[ProfileRecording] = []
     for name in draw(st.lists(st.sampled_from(RECORDINGS), unique=True)):
         kind, recorder = draw(
@@ -157,10 +162,12 @@ def recording_snapshots(draw: st.DrawFn) -> StaticSnapshot:
                 ]
             )
         )
-        match_labels = draw(
-            st.dictionaries(st.sampled_from(sorted(LABELS)), st.sampled_from(["my-app", "web"]))
+        match_labels = (
+            {}
+            if select_all
+            else draw(st.dictionaries(st.sampled_from(sorted(LABELS)), st.sampled_from(["my-app", "web"])))
         )
-        containers = draw(st.none() | st.lists(st.sampled_from(NAMES), unique=True))
+        containers = None if select_all else draw(st.none() | st.lists(st.sampled_from(NAMES), unique=True))
         recordings.append(recording(name, kind, recorder, match_labels=match_labels, containers=containers))
     return StaticSnapshot(recordings=recordings)
 
@@ -187,6 +194,39 @@ def test_binding_is_idempotent(pod: dict[str, Any], snapshot: StaticSnapshot) ->
         assert again.patch == []
     else:
         assert first.patch == []
+
+
+@given(pods(), binding_snapshots(), st.randoms(use_true_random=False), st.sampled_from(["CREATE", "UPDATE"]))
+def test_binding_decision_does_not_depend_on_the_order_of_bindings(
+    pod: dict[str, Any], snapshot: StaticSnapshot, shuffler: random.Random, operation: str
+) -> None:
+    """Replicas hold the bindings in the order they listed or watched them: the answer must not care."""
+    old = copy.deepcopy(pod)
+    for body in old["spec"]["containers"][:1]:
+        body["image"] = "previous:1"
+    request = admission(pod, operation=operation, old=old if operation == "UPDATE" else None)
+    reordered = list(snapshot.bindings)
+    shuffler.shuffle(reordered)
+
+    first = decide_binding(request, snapshot)
+    again = decide_binding(request, dataclasses.replace(snapshot, bindings=reordered))
+
+    assert first == again
+
+
+@given(pods(), recording_snapshots(select_all=True), st.randoms(use_true_random=False))
+def test_recording_decision_does_not_depend_on_the_order_of_recordings(
+    pod: dict[str, Any], snapshot: StaticSnapshot, shuffler: random.Random
+) -> None:
+    reordered = list(snapshot.recordings)
+    shuffler.shuffle(reordered)
+
+    first = decide_recording(admission(pod), snapshot, now=1000, nonce=fixed("bcdfg"))
+    again = decide_recording(
+        admission(pod), dataclasses.replace(snapshot, recordings=reordered), now=1000, nonce=fixed("bcdfg")
+    )
+
+    assert first == again
 
 
 @given(pods(), recording_snapshots(), st.sampled_from(["CREATE", "UPDATE"]))
@@ -287,7 +327,7 @@ def garbage_objects(draw: st.DrawFn) -> Any:
 
 @st.composite
 def garbage_requests(draw: st.DrawFn) -> dict[str, Any]:
-    kinds = st.sampled_from(["Pod", "PodExecOptions", "RawSelinuxProfile", "Deployment"])
+    kinds = st.sampled_from(["Pod", "PodExecOptions", "RawSelinuxProfile", "ProfileBinding", "Deployment"])
     fields = {
         "uid": _maybe_garbage(st.just("test-uid")),
         "kind": _maybe_garbage(st.builds(lambda kind: {"kind": kind}, kinds)),
@@ -326,4 +366,5 @@ def test_garbage_requests_never_raise(request: dict[str, Any]) -> None:
     _check(request, decide_recording(request, snapshot, now=1, nonce=lambda: "bcdfg"))
     _check(request, decide_exec_metadata(request))
     _check(request, decide_raw_selinux(request, snapshot))
+    _check(request, decide_profile_binding(request, snapshot))
     assert request == untouched

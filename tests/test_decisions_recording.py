@@ -17,7 +17,7 @@ from api.constants import (
     SECCOMP_OPERATOR_DIR,
     SELINUX_RECORDING_TYPE,
 )
-from api.types import ProfileRecording
+from api.types import InvalidObject, ProfileRecording
 from tests.test_decisions_support import NAMESPACE, NGINX, REDIS, admission, container, edited, patched, pod
 from tests.test_decisions_support import recording as make_recording
 from webhooks.decisions import decide_recording, random_nonce
@@ -489,15 +489,85 @@ UNDECODABLE = [
 
 
 @pytest.mark.parametrize(("overrides", "message"), UNDECODABLE)
-def test_undecodable_request_is_allowed_unchanged_with_warning(
-    overrides: dict[str, Any], message: str
-) -> None:
+def test_undecodable_request_is_denied(overrides: dict[str, Any], message: str) -> None:
+    """Recording fails closed: annotations it could not check might be forged."""
     decision = decide(admission(docs_my_pod()) | overrides, [SECCOMP_LOGS])
 
+    assert not decision.allowed
+    assert decision.code == 400
+    assert message in decision.message
+
+
+FORGED = [
+    pytest.param(
+        pod(
+            [container("nginx", NGINX), container("redis", REDIS)],
+            labels=LABELS,
+            annotations={
+                ANNOTATION_TRACE_BPF_PREFIX + "redis": value("test-recording", "redis"),
+                "team": "a",
+            },
+        ),
+        [make_recording("test-recording", containers=["nginx"])],
+        "/metadata/annotations/io.containers.trace-bpf~1redis",
+        id="unselected-container",
+    ),
+    pytest.param(
+        pod(
+            [container("nginx", NGINX)],
+            labels={"app": "other"},
+            annotations={
+                ANNOTATION_TRACE_LOGS_PREFIX + "nginx": value("test-recording", "nginx"),
+                "team": "a",
+            },
+        ),
+        [SECCOMP_LOGS],
+        "/metadata/annotations/io.containers.trace-logs~1nginx",
+        id="unselected-pod",
+    ),
+    pytest.param(
+        pod(
+            [container("nginx", NGINX)],
+            labels=LABELS,
+            annotations={ANNOTATION_TRACE_AVCS_PREFIX + "ghost": "test-recording_ghost_bbbbb_1", "team": "a"},
+        ),
+        [],
+        "/metadata/annotations/io.containers.trace-avcs~1ghost",
+        id="no-recording-at-all",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pod_object", "recordings", "removed"), FORGED)
+@pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
+def test_forged_recording_annotations_are_removed(
+    pod_object: dict[str, Any], recordings: list[ProfileRecording], removed: str, operation: str
+) -> None:
+    request = admission(pod_object, operation=operation, old=pod_object if operation == "UPDATE" else None)
+
+    decision = decide(request, recordings)
+
     assert decision.allowed
-    assert decision.patch == []
-    assert len(decision.warnings) == 1
-    assert message in decision.warnings[0]
+    assert {"op": "remove", "path": removed} in decision.patch
+    result = patched(pod_object, decision)["metadata"]["annotations"]
+    assert result["team"] == "a"
+    assert removed.rpartition("/")[2].replace("~1", "/") not in result
+    assert "removed recording annotations that no ProfileRecording selects" in decision.warnings[-1]
+
+
+def test_invalid_stored_recording_denies_pods_of_its_namespace() -> None:
+    invalid = InvalidObject(
+        "ProfileRecording", NAMESPACE, "old", "spec.recorder: Input should be 'bpf' or 'logs'"
+    )
+    decision = decide_recording(
+        admission(docs_my_pod()),
+        StaticSnapshot(recordings=[SECCOMP_LOGS], invalid=[invalid]),
+        now=NOW,
+        nonce=lambda: NONCE,
+    )
+
+    assert not decision.allowed
+    assert "ProfileRecording my-namespace/old is stored but not valid (spec.recorder:" in decision.message
 
 
 def test_random_nonce() -> None:

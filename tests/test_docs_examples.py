@@ -21,6 +21,9 @@ from tests.docs_examples import (
 OUR_API = "security-profiles-operator.x-k8s.io/"
 
 
+@pytest.mark.skipif(
+    not DOCS.is_file(), reason=f"{DOCS} is absent (a clone with nothing beside it): examples/ is the source"
+)
 def test_examples_hold_every_docs_object() -> None:
     text = DOCS.read_text()
     documented = re.findall(r"^\s*apiVersion: " + re.escape(OUR_API), text, flags=re.MULTILINE)

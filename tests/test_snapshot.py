@@ -1,4 +1,4 @@
-"""BindingIndex: only the bindings that can apply to a pod, in the namespace's list order."""
+"""BindingIndex: only the bindings that can apply to a pod, by name whatever the cache's order."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def _binding(name: str, image: str, namespace: str = "ns") -> ProfileBinding:
     )
 
 
-def test_applicable_keeps_list_order_and_includes_wildcards() -> None:
-    bindings = [_binding("a", "nginx"), _binding("b", "*"), _binding("c", "redis"), _binding("d", "nginx")]
+def test_applicable_is_by_name_and_includes_wildcards() -> None:
+    bindings = [_binding("d", "nginx"), _binding("b", "*"), _binding("c", "redis"), _binding("a", "nginx")]
     index = BindingIndex.of(bindings)
     assert [b.metadata.name for b in index.applicable(["redis", "nginx"])] == ["a", "b", "c", "d"]
     assert [b.metadata.name for b in index.applicable(["nginx", "nginx"])] == ["a", "b", "d"]

@@ -33,16 +33,35 @@ def test_default_spod_registers_binding_and_recording_only() -> None:
     assert list(webhooks(SPODSpec())) == ["binding.spo.io", "recording.spo.io"]
 
 
-def test_binding_is_create_only_opt_in_and_side_effect_free() -> None:
+OUTSIDE_OPERATOR_NAMESPACE = {
+    "key": "kubernetes.io/metadata.name",
+    "operator": "NotIn",
+    "values": ["security-profiles-operator"],
+}
+
+
+def test_binding_sees_creations_and_image_changes_only_in_opted_in_namespaces() -> None:
     binding = webhooks(SPODSpec())["binding.spo.io"]
     assert binding["rules"] == [
-        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"]},
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["UPDATE"],
+            "resources": ["pods/ephemeralcontainers"],
+        },
     ]
+    (condition,) = binding["matchConditions"]
+    assert condition["expression"].startswith("request.operation == 'CREATE' || ")
+    assert "ephemeralContainers" in condition["expression"]
     assert binding["namespaceSelector"] == {
-        "matchExpressions": [{"key": "spo.x-k8s.io/enable-binding", "operator": "Exists"}]
+        "matchExpressions": [
+            {"key": "spo.x-k8s.io/enable-binding", "operator": "Exists"},
+            OUTSIDE_OPERATOR_NAMESPACE,
+        ]
     }
-    assert binding["objectSelector"]["matchExpressions"][0]["operator"] == "NotIn"
-    assert "security-profiles-operator-webhook" in binding["objectSelector"]["matchExpressions"][0]["values"]
+    # No label exclusion that a pod author could put on their own pod.
+    assert binding["objectSelector"] == {}
     assert binding["sideEffects"] == "None"
     assert binding["failurePolicy"] == "Fail"
     assert binding["timeoutSeconds"] == 10
@@ -52,14 +71,34 @@ def test_binding_is_create_only_opt_in_and_side_effect_free() -> None:
     }
 
 
-def test_recording_selects_labelled_namespaces_or_labelled_pods_with_memory_optimization() -> None:
+def test_operator_namespace_stays_excluded_whatever_the_options_say() -> None:
+    spec = SPODSpec.model_validate(
+        {"webhookOptions": [{"name": "binding.spo.io", "namespaceSelector": {"matchLabels": {"a": "b"}}}]}
+    )
+    configuration = desired_mutating_configuration(spec, LOCAL, BUNDLE, "my-operator")
+    selectors = {w["name"]: w["namespaceSelector"] for w in configuration["webhooks"]}
+    excluded = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["my-operator"]}
+    assert selectors["binding.spo.io"] == {"matchLabels": {"a": "b"}, "matchExpressions": [excluded]}
+    assert excluded in selectors["recording.spo.io"]["matchExpressions"]
+
+
+def test_recording_fails_closed_in_labelled_namespaces_also_with_memory_optimization() -> None:
     recording = webhooks(SPODSpec())["recording.spo.io"]
-    assert recording["namespaceSelector"]["matchExpressions"][0]["key"] == "spo.x-k8s.io/enable-recording"
+    opt_in = {"key": "spo.x-k8s.io/enable-recording", "operator": "Exists"}
+    assert recording["namespaceSelector"]["matchExpressions"] == [opt_in, OUTSIDE_OPERATOR_NAMESPACE]
+    assert recording["objectSelector"] == {}
     assert set(recording["rules"][0]["operations"]) == {"CREATE", "UPDATE"}
+    assert recording["failurePolicy"] == "Fail"
+    assert "annotations" in recording["matchConditions"][0]["expression"]
     optimized = webhooks(spec_from_docs("7.8.3"))["recording.spo.io"]
-    assert optimized["namespaceSelector"] == {}
-    keys = {e["key"] for e in optimized["objectSelector"]["matchExpressions"]}
-    assert "spo.x-k8s.io/enable-recording" in keys
+    assert optimized["namespaceSelector"] == recording["namespaceSelector"]
+    assert optimized["objectSelector"] == {"matchExpressions": [opt_in]}
+
+
+KUBECTL_DEBUG_CEL = (
+    '("app.kubernetes.io/managed-by" in object.metadata.?labels.orValue({}) && '
+    'object.metadata.?labels.orValue({})["app.kubernetes.io/managed-by"] in ["kubectl-debug"])'
+)
 
 
 def test_json_enricher_adds_the_exec_webhooks() -> None:
@@ -77,7 +116,8 @@ def test_json_enricher_adds_the_exec_webhooks() -> None:
         "pods/ephemeralcontainers": ["UPDATE"],
     }
     debug = hooks["nodedebuggingpod.spo.io"]
-    assert debug["objectSelector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "kubectl-debug"}}
+    assert debug["objectSelector"] == {}
+    assert debug["matchConditions"] == [{"name": "debug-pod", "expression": KUBECTL_DEBUG_CEL}]
     assert debug["clientConfig"]["url"].endswith("/mutate-v1-exec-metadata")
 
 
@@ -98,15 +138,45 @@ def test_failure_policy_option() -> None:
     assert hooks["recording.spo.io"]["failurePolicy"] == "Fail"
 
 
-def test_docs_oc_debug_selector_is_added_next_to_kubectl_debug() -> None:
-    """Docs 7.9.17.1 spell the webhook `nodedebuggingpodmetada.spo.io` and mean an extra selector."""
+def test_docs_oc_debug_selector_joins_kubectl_debug_in_the_one_entry() -> None:
+    """Docs 7.9.17.1 spell the webhook `nodedebuggingpodmetada.spo.io` and mean an extra selector; one
+    entry keeps the audit annotation key `nodedebuggingpod.spo.io/...` for both kinds of debug pods."""
     spec = spec_from_docs("7.9.17.1").model_copy(update={"enable_json_enricher": True})
     debug_hooks = [w for name, w in webhooks(spec).items() if name.startswith("nodedebuggingpod")]
-    assert [w["objectSelector"] for w in debug_hooks] == [
-        {"matchLabels": {"app.kubernetes.io/managed-by": "kubectl-debug"}},
-        {"matchLabels": {"debug.openshift.io/managed-by": "oc-debug"}},
-    ]
-    assert len({w["name"] for w in debug_hooks}) == 2
+    (debug,) = debug_hooks
+    assert debug["name"] == "nodedebuggingpod.spo.io"
+    (condition,) = debug["matchConditions"]
+    labels = "object.metadata.?labels.orValue({})"
+    assert condition["expression"] == KUBECTL_DEBUG_CEL + (
+        f' || ("debug.openshift.io/managed-by" in {labels} && '
+        f'{labels}["debug.openshift.io/managed-by"] in ["oc-debug"])'
+    )
+
+
+def test_selector_expressions_become_cel() -> None:
+    spec = SPODSpec.model_validate(
+        {
+            "enableJsonEnricher": True,
+            "webhookOptions": [
+                {
+                    "name": "nodedebuggingpod.spo.io",
+                    "objectSelector": {
+                        "matchExpressions": [
+                            {"key": "a", "operator": "NotIn", "values": ["é", 'q"uote']},
+                            {"key": "b", "operator": "Exists"},
+                            {"key": "c", "operator": "DoesNotExist"},
+                        ]
+                    },
+                },
+            ],
+        }
+    )
+    (condition,) = webhooks(spec)["nodedebuggingpod.spo.io"]["matchConditions"]
+    labels = "object.metadata.?labels.orValue({})"
+    assert condition["expression"] == KUBECTL_DEBUG_CEL + (
+        f' || ((!("a" in {labels}) || !({labels}["a"] in ["é", "q\\"uote"])) && ("b" in {labels}) && '
+        f'!("c" in {labels}))'
+    )
 
 
 def test_unknown_option_names_are_ignored() -> None:
@@ -115,19 +185,29 @@ def test_unknown_option_names_are_ignored() -> None:
 
 
 @pytest.mark.parametrize("endpoint", [LOCAL, Endpoint(service_namespace="spo")], ids=["url", "service"])
-def test_validating_configuration_covers_raw_selinux_profiles(endpoint: Endpoint) -> None:
+def test_validating_configuration_covers_raw_selinux_profiles_and_bindings(endpoint: Endpoint) -> None:
     configuration = desired_validating_configuration(endpoint, BUNDLE)
-    (webhook,) = configuration["webhooks"]
-    assert webhook["rules"][0]["resources"] == ["rawselinuxprofiles"]
-    assert webhook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
-    client_config = webhook["clientConfig"]
-    if endpoint.url:
-        assert client_config["url"] == "https://127.0.0.1:9443/validate-rawselinuxprofile"
-    else:
-        assert client_config["service"] == {
-            "name": "webhook-service",
-            "namespace": "spo",
-            "path": "/validate-rawselinuxprofile",
-            "port": 443,
-        }
-    assert client_config["caBundle"] == BUNDLE
+    hooks = {w["name"]: w for w in configuration["webhooks"]}
+    assert list(hooks) == ["rawselinuxprofile-validation.spo.io", "profilebinding-validation.spo.io"]
+    for (name, webhook), (resource, path) in zip(
+        hooks.items(),
+        [
+            ("rawselinuxprofiles", "/validate-rawselinuxprofile"),
+            ("profilebindings", "/validate-profilebinding"),
+        ],
+        strict=True,
+    ):
+        assert webhook["rules"][0]["resources"] == [resource], name
+        assert webhook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+        assert webhook["failurePolicy"] == "Fail"
+        client_config = webhook["clientConfig"]
+        if endpoint.url:
+            assert client_config["url"] == f"https://127.0.0.1:9443{path}"
+        else:
+            assert client_config["service"] == {
+                "name": "webhook-service",
+                "namespace": "spo",
+                "path": path,
+                "port": 443,
+            }
+        assert client_config["caBundle"] == BUNDLE

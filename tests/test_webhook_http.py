@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import constants
-from api.types import ProfileBinding, SeccompProfile
+from api.types import ProfileBinding, SeccompProfile, SecurityProfilesOperatorDaemon
 from webhooks import app as app_module
 from webhooks.app import MAX_BODY_BYTES, create_app
 from webhooks.decisions import Decision
@@ -34,6 +34,7 @@ WEBHOOK_OF_PATH = {
     constants.PATH_RECORDING: constants.WEBHOOK_RECORDING,
     constants.PATH_EXEC_METADATA: constants.WEBHOOK_EXEC_METADATA,
     constants.PATH_RAW_SELINUX: constants.WEBHOOK_RAW_SELINUX,
+    constants.PATH_PROFILE_BINDING: constants.WEBHOOK_PROFILE_BINDING,
 }
 ADMISSION_PATHS = list(WEBHOOK_OF_PATH)
 
@@ -341,7 +342,8 @@ def failing_decision(*_: object, **__: object) -> Decision:
     [
         ("decide_binding", constants.PATH_BINDING, False),
         ("decide_raw_selinux", constants.PATH_RAW_SELINUX, False),
-        ("decide_recording", constants.PATH_RECORDING, True),
+        ("decide_recording", constants.PATH_RECORDING, False),
+        ("decide_profile_binding", constants.PATH_PROFILE_BINDING, False),
         ("decide_exec_metadata", constants.PATH_EXEC_METADATA, True),
     ],
 )
@@ -372,6 +374,42 @@ def test_a_failing_decision_is_logged_and_answered_by_failure_mode(
     code = "200" if allowed else "500"
     assert values[("spo_webhook_requests_total", frozenset({webhook, ("code", code)}))] == 1
     assert values[("spo_webhook_denials_total", frozenset({webhook}))] == (0 if allowed else 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "allowed"),
+    [
+        ([{"name": "recording.spo.io", "failurePolicy": "Ignore"}], True),
+        (
+            [
+                {"name": "recording.spo.io", "failurePolicy": "Ignore"},
+                {"name": "recording.spo.io", "failurePolicy": "Fail"},
+            ],
+            False,
+        ),
+        ([{"name": "binding.spo.io", "failurePolicy": "Ignore"}], False),
+    ],
+    ids=["soft-fail-chosen", "last-option-wins", "other-webhook-option"],
+)
+def test_internal_errors_follow_the_failure_policy_the_spod_chose(
+    monkeypatch: pytest.MonkeyPatch, options: list[dict[str, str]], allowed: bool
+) -> None:
+    """Docs 7.8.8: an admin may make a webhook soft-fail; its internal errors then soft-fail too."""
+    monkeypatch.setattr(app_module, "decide_recording", failing_decision)
+    daemon = SecurityProfilesOperatorDaemon.model_validate(
+        {
+            "apiVersion": f"{constants.GROUP}/{SecurityProfilesOperatorDaemon.VERSION}",
+            "kind": SecurityProfilesOperatorDaemon.KIND,
+            "metadata": {"name": constants.SPOD_NAME, "namespace": constants.DEFAULT_NAMESPACE},
+            "spec": {"webhookOptions": options},
+        }
+    )
+    client = Client(create_app(StaticSnapshot(daemon=daemon), lambda: True))
+    try:
+        http = client.review(constants.PATH_RECORDING, review(pod_request(pod(BOUND_IMAGE))))
+    finally:
+        client.close()
+    assert response_of(http)["allowed"] is allowed
 
 
 def test_healthz_and_readyz_follow_cache_sync() -> None:

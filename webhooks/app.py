@@ -6,8 +6,8 @@ pre-serialised Response (no FastAPI body or response models, no jsonable_encoder
 FastAPI's middleware stack (see WebhookApp).
 
 Bad input is answered with a 4xx and a JSON `{"message": ...}`; it never reaches a decision and
-never produces a 500. A decision that raises is logged and answered according to what the webhook
-guards (see `_FAILS_OPEN`).
+never produces a 500. A decision that raises is logged and answered as the webhook's failurePolicy
+would answer an outage (constants.DEFAULT_FAILURE_POLICIES, or the spod's webhookOptions).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from webhooks.decisions import (
     Decision,
     decide_binding,
     decide_exec_metadata,
+    decide_profile_binding,
     decide_raw_selinux,
     decide_recording,
     random_nonce,
@@ -42,19 +43,6 @@ from webhooks.snapshot import Snapshot
 # not a genuine admission request; refusing it bounds the memory one request can take.
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
 JSON_CONTENT_TYPE: Final = "application/json"
-
-# What an internal error in a decision means for the object under review.
-# Fail closed (deny, code 500) where the webhook enforces security: admitting a pod unpatched would run
-# it without the profile an admin bound to it, and admitting an unvalidated raw SELinux policy could
-# escape its block; this matches their failurePolicy Fail. Fail open (allow unchanged) where the
-# webhook only adds observability: a missing recording annotation or exec request UID costs a
-# recording or an audit correlation, while denying would block every pod or exec in the namespace.
-_FAILS_OPEN: Final = {
-    constants.WEBHOOK_BINDING: False,
-    constants.WEBHOOK_RECORDING: True,
-    constants.WEBHOOK_EXEC_METADATA: True,
-    constants.WEBHOOK_RAW_SELINUX: False,
-}
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +102,9 @@ def create_app(snapshot: Snapshot, ready: Callable[[], bool]) -> WebhookApp:
     def raw_selinux(request: dict[str, Any]) -> Decision:
         return decide_raw_selinux(request, snapshot)
 
+    def profile_binding(request: dict[str, Any]) -> Decision:
+        return decide_profile_binding(request, snapshot)
+
     # One path serves both execmetadata.spo.io and nodedebuggingpod.spo.io (as upstream); the handler
     # cannot tell which configuration entry called it, so both count under execmetadata.spo.io.
     routes: list[tuple[str, str, Decide]] = [
@@ -121,9 +112,13 @@ def create_app(snapshot: Snapshot, ready: Callable[[], bool]) -> WebhookApp:
         (constants.PATH_RECORDING, constants.WEBHOOK_RECORDING, recording),
         (constants.PATH_EXEC_METADATA, constants.WEBHOOK_EXEC_METADATA, decide_exec_metadata),
         (constants.PATH_RAW_SELINUX, constants.WEBHOOK_RAW_SELINUX, raw_selinux),
+        (constants.PATH_PROFILE_BINDING, constants.WEBHOOK_PROFILE_BINDING, profile_binding),
     ]
     for path, webhook, decide in routes:
-        app.add_admission_route(path, admission_endpoint(webhook, decide, metrics.recorder(webhook)))
+        fails_open = _failure_policy_reader(snapshot, webhook)
+        app.add_admission_route(
+            path, admission_endpoint(webhook, decide, metrics.recorder(webhook), fails_open)
+        )
 
     async def healthz(_: Request) -> Response:
         return Response(b"ok", media_type="text/plain")
@@ -142,9 +137,28 @@ def create_app(snapshot: Snapshot, ready: Callable[[], bool]) -> WebhookApp:
     return app
 
 
-def admission_endpoint(webhook: str, decide: Decide, recorder: WebhookRecorder) -> Endpoint:
-    """A route handler answering AdmissionReviews for `webhook` with `decide`."""
-    fails_open = _FAILS_OPEN[webhook]
+def _failure_policy_reader(snapshot: Snapshot, webhook: str) -> Callable[[], bool]:
+    """Whether `webhook` is registered to fail open: the spod's last option setting its failurePolicy
+    wins (as the reconciler applies them), else the default."""
+
+    def fails_open() -> bool:
+        spod = snapshot.spod()
+        chosen = [
+            option.failure_policy
+            for option in ((spod.spec.webhook_options or []) if spod else [])
+            if option.name == webhook and option.failure_policy is not None
+        ]
+        policy = chosen[-1] if chosen else constants.DEFAULT_FAILURE_POLICIES[webhook]
+        return policy == constants.FAILURE_POLICY_IGNORE
+
+    return fails_open
+
+
+def admission_endpoint(
+    webhook: str, decide: Decide, recorder: WebhookRecorder, fails_open: Callable[[], bool]
+) -> Endpoint:
+    """A route handler answering AdmissionReviews for `webhook` with `decide`; a decision that raises is
+    answered as `fails_open()` says."""
 
     async def endpoint(http_request: Request) -> Response:
         started = time.perf_counter()
@@ -163,7 +177,7 @@ def admission_endpoint(webhook: str, decide: Decide, recorder: WebhookRecorder) 
             content = encode_response(api_version, uid, decision)
         except Exception:
             logger.exception("%s: decision failed for request %s", webhook, uid)
-            decision = _internal_error(webhook, fails_open)
+            decision = _internal_error(webhook, fails_open())
             content = encode_response(api_version, uid, decision)
         recorder.observe(
             decision.code if not decision.allowed else 200,

@@ -10,6 +10,7 @@ from kubernetes import client
 from api import constants, kinds
 from api.kube import ResourceCache, api_client
 from api.types import (
+    InvalidObject,
     ProfileBinding,
     ProfileRecording,
     RawSelinuxProfile,
@@ -39,6 +40,7 @@ class CachedSnapshot:
             self.raw_selinux_profiles,
             self.daemons,
         )
+        self._by_kind = {cache.kind.kind: cache for cache in self._caches}
 
     def start(self) -> CachedSnapshot:
         for cache in self._caches:
@@ -73,6 +75,10 @@ class CachedSnapshot:
 
     def spod(self) -> SecurityProfilesOperatorDaemon | None:
         return self.daemons.get(constants.SPOD_NAME, self._operator_namespace)
+
+    def invalid_objects(self, kind: str, namespace: str) -> Sequence[InvalidObject]:
+        cache = self._by_kind.get(kind)
+        return cache.invalid_in(namespace) if cache is not None else ()
 
 
 def start_cached_snapshot(kubeconfig: str | None, namespace: str) -> tuple[Snapshot, Callable[[], bool]]:

@@ -19,11 +19,12 @@ _ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "webhook",
-        help="serve the admission webhooks (binding, recording, exec metadata, raw SELinux validation)",
+        help="serve the admission webhooks (binding, recording, exec metadata, validation)",
         description=(
             f"Serve the mutating webhooks {constants.WEBHOOK_BINDING}, {constants.WEBHOOK_RECORDING}, "
             f"{constants.WEBHOOK_EXEC_METADATA} and {constants.WEBHOOK_NODE_DEBUGGING_POD} and the "
-            f"validating webhook {constants.WEBHOOK_RAW_SELINUX} over HTTPS, plus /healthz, /readyz and "
+            f"validating webhooks {constants.WEBHOOK_RAW_SELINUX} and {constants.WEBHOOK_PROFILE_BINDING} "
+            "over HTTPS, plus /healthz, /readyz and "
             "/metrics. Decisions are computed from list+watch caches of the operator's resources; /readyz "
             "answers 503 until they are synced. The certificate is reloaded when its files change. "
             "SIGTERM stops accepting connections, finishes in-flight requests and exits 0."

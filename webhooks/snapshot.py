@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Protocol, TypeVar
 
 from api.types import (
+    InvalidObject,
     ProfileBinding,
     ProfileRecording,
     SeccompProfile,
@@ -25,24 +25,27 @@ class BindingIndex:
     """A namespace's ProfileBindings by image, so that a pod's decision only visits the bindings
     that can apply to it (its images and the wildcard) instead of every binding in the namespace."""
 
-    by_image: Mapping[str, tuple[tuple[int, ProfileBinding], ...]]
+    by_image: Mapping[str, tuple[ProfileBinding, ...]]
 
     @classmethod
     def of(cls, bindings: Iterable[ProfileBinding]) -> BindingIndex:
-        grouped: dict[str, list[tuple[int, ProfileBinding]]] = {}
-        for position, binding in enumerate(bindings):
-            grouped.setdefault(binding.spec.image, []).append((position, binding))
+        grouped: dict[str, list[ProfileBinding]] = {}
+        for binding in bindings:
+            grouped.setdefault(binding.spec.image, []).append(binding)
         return cls({image: tuple(entries) for image, entries in grouped.items()})
 
     def applicable(self, images: Iterable[str]) -> list[ProfileBinding]:
-        """The bindings for these images and the wildcard ones, in the namespace's list order."""
+        """The bindings for these images and the wildcard ones, by name.
+
+        By name, not in the cache's order: a replica that listed the bindings and one that saw them
+        arrive one by one hold them in different orders, and must still give the same answer.
+        """
         found = [
-            entry
+            binding
             for image in {*images, ProfileBinding.WILDCARD_IMAGE}
-            for entry in self.by_image.get(image, ())
+            for binding in self.by_image.get(image, ())
         ]
-        found.sort(key=itemgetter(0))
-        return [binding for _, binding in found]
+        return sorted(found, key=lambda binding: binding.metadata.name or "")
 
 
 class Snapshot(Protocol):
@@ -56,6 +59,10 @@ class Snapshot(Protocol):
 
     def spod(self) -> SecurityProfilesOperatorDaemon | None: ...
 
+    def invalid_objects(self, kind: str, namespace: str) -> Sequence[InvalidObject]:
+        """Stored objects of `kind` in `namespace` ("" for cluster-scoped kinds) that the models reject."""
+        ...
+
 
 @dataclass
 class StaticSnapshot:
@@ -66,6 +73,7 @@ class StaticSnapshot:
     seccomp_profiles: list[SeccompProfile] = field(default_factory=list)
     selinux_profiles: list[SelinuxProfile] = field(default_factory=list)
     daemon: SecurityProfilesOperatorDaemon | None = None
+    invalid: list[InvalidObject] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._seccomp = _by_name(self.seccomp_profiles)
@@ -90,6 +98,9 @@ class StaticSnapshot:
 
     def spod(self) -> SecurityProfilesOperatorDaemon | None:
         return self.daemon
+
+    def invalid_objects(self, kind: str, namespace: str) -> Sequence[InvalidObject]:
+        return [o for o in self.invalid if o.kind == kind and o.namespace == namespace]
 
 
 _Profile = TypeVar("_Profile", SeccompProfile, SelinuxProfile)

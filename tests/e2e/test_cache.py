@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from kubernetes import client
 
 from api import kinds
 from api.kube import ResourceCache, api_client
-from api.types import ProfileBinding
+from api.types import ProfileBinding, ProfileBindingSpec
 from manifests.crds import crd
 from spo import localcluster
 
@@ -54,6 +55,53 @@ def test_cache_follows_creates_updates_and_deletes(kube: client.ApiClient, names
         _eventually(lambda: (b := cache.get("after", namespace)) is not None and b.spec.image == "c")
         objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "before")
         _eventually(lambda: [b.metadata.name for b in cache.in_namespace(namespace)] == ["after"])
+    finally:
+        cache.stop()
+
+
+class _StricterBinding(ProfileBinding):
+    """A model stricter than the installed CRD, as after an upgrade: it refuses images `rejected-*`."""
+
+    @pydantic.field_validator("spec")
+    @classmethod
+    def _refuse(cls, spec: ProfileBindingSpec) -> ProfileBindingSpec:
+        if spec.image.startswith("rejected-"):
+            raise ValueError(f"image {spec.image} is refused")
+        return spec
+
+
+def test_stored_objects_the_model_rejects_are_kept_apart_not_dropped(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    objects = client.CustomObjectsApi(kube)
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, _binding("listed", "rejected-1")
+    )
+    cache = ResourceCache(kube, kinds.PROFILE_BINDING, _StricterBinding)
+    cache.start()
+
+    def invalid() -> list[str]:
+        return sorted(o.name for o in cache.invalid_in(namespace))
+
+    try:
+        assert cache.wait_synced(10)
+        (listed,) = cache.invalid_in(namespace)
+        assert listed.describe() == (
+            f"ProfileBinding {namespace}/listed is stored but not valid "
+            "(spec: Value error, image rejected-1 is refused)"
+        )
+        assert cache.in_namespace(namespace) == ()
+
+        objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, _binding("watched", "rejected-2")
+        )
+        _eventually(lambda: invalid() == ["listed", "watched"])
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "listed", {"spec": {"image": "ok"}}
+        )
+        _eventually(lambda: invalid() == ["watched"] and cache.get("listed", namespace) is not None)
+        objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "watched")
+        _eventually(lambda: invalid() == [])
     finally:
         cache.stop()
 

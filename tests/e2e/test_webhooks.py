@@ -22,9 +22,9 @@ from reconciler.webhook_config import (
     desired_validating_configuration,
 )
 from spo import localcluster
-from tests.conftest import WebhookServer, register_webhooks, start_webhook_server
+from tests.conftest import WebhookServer, start_webhook_server, webhook_down
 from tests.docs_examples import docs_objects
-from tests.kubectl import kubectl, kubectl_json
+from tests.kubectl import dry_run_create, kubectl, kubectl_json
 
 pytestmark = pytest.mark.e2e
 
@@ -73,10 +73,7 @@ def _wait_for_cache(kubeconfig: Path, namespace: str, expect: str, pod: dict[str
     deadline = time.monotonic() + 15
     output = ""
     while time.monotonic() < deadline:
-        result = kubectl(
-            kubeconfig, "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-            stdin=yaml.safe_dump(pod), check=False,
-        )  # fmt: skip
+        result = dry_run_create(kubeconfig, yaml.safe_dump(pod), "-o", "json", namespace=namespace)
         output = result.stdout + result.stderr
         if expect in output:
             return output
@@ -146,16 +143,11 @@ def test_stopped_webhook_fails_closed_only_where_opted_in(
     labelled, plain = f"fail-{time.monotonic_ns()}", f"open-{time.monotonic_ns()}"
     localcluster.ensure_namespace(kube, labelled, {"spo.x-k8s.io/enable-binding": "true"})
     localcluster.ensure_namespace(kube, plain)
-    doomed = start_webhook_server(control_plane, localcluster.free_port())
-    register_webhooks(control_plane, kube, doomed.url)
-    doomed.stop()
-    try:
+    with webhook_down(control_plane, kube, webhook_server):
         refused = _create_pod(kubeconfig, labelled, TEST_POD)
         assert refused.returncode != 0
         assert "failed calling webhook" in refused.stderr and "binding.spo.io" in refused.stderr
         assert _create_pod(kubeconfig, plain, TEST_POD).returncode == 0
-    finally:
-        register_webhooks(control_plane, kube, webhook_server.url)
 
 
 def test_recording_as_in_the_docs(
@@ -261,6 +253,18 @@ def test_in_cluster_service_form_configurations_are_accepted(
             "enableMemoryOptimization": True,
             "webhookOptions": [
                 {"name": "nodedebuggingpodmetada.spo.io", "objectSelector": {"matchLabels": {"a": "b"}}},
+                {
+                    # Every operator, and values that need quoting, so that every CEL form is compiled.
+                    "name": "nodedebuggingpod.spo.io",
+                    "objectSelector": {
+                        "matchExpressions": [
+                            {"key": "x", "operator": "In", "values": ['q"uote\\', "é"]},
+                            {"key": "y", "operator": "NotIn", "values": ["1"]},
+                            {"key": "z", "operator": "Exists"},
+                            {"key": "w", "operator": "DoesNotExist"},
+                        ]
+                    },
+                },
                 {"name": "execmetadata.spo.io", "namespaceSelector": {"matchLabels": {"audit": "on"}}},
             ],
         }
@@ -273,15 +277,24 @@ def test_in_cluster_service_form_configurations_are_accepted(
     for configuration in configurations:
         # Another name, so the URL-form configurations the session registered are not in the way.
         configuration["metadata"]["name"] += "-service-form"
-    result = kubectl(
-        control_plane.kubeconfig,
-        "create",
-        "--dry-run=server",
-        "-f",
-        "-",
-        stdin=yaml.safe_dump_all(configurations),
-    )
+    result = dry_run_create(control_plane.kubeconfig, yaml.safe_dump_all(configurations))
     assert result.stdout.count("(server dry run)") == 2
+
+
+def _pod_review(namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
+    """The AdmissionReview the apiserver sends the webhook for creating `pod` in `namespace`."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "same-request",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": {**pod, "metadata": {"name": "test-pod", "namespace": namespace}},
+        },
+    }
 
 
 def test_replicas_give_identical_answers(
@@ -291,18 +304,7 @@ def test_replicas_give_identical_answers(
     _apply(kubeconfig, _profile("SeccompProfile", "profile"))
     _apply(kubeconfig, _docs_object("ProfileBinding", "nginx-binding", "SeccompProfile"), namespace)
     second = start_webhook_server(control_plane, localcluster.free_port())
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "same-request",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": {**TEST_POD, "metadata": {"name": "test-pod", "namespace": namespace}},
-        },
-    }
+    review = _pod_review(namespace, TEST_POD)
     try:
         with httpx.Client(verify=ssl.create_default_context(cafile=str(control_plane.pki.ca_cert))) as http:
             deadline = time.monotonic() + 15

@@ -10,6 +10,7 @@ recording and exec tagging let it through unchanged with a warning.
 from webhooks.decisions.binding import decide_binding
 from webhooks.decisions.decision import Decision
 from webhooks.decisions.execmetadata import decide_exec_metadata
+from webhooks.decisions.profile_binding import decide_profile_binding
 from webhooks.decisions.raw_selinux import decide_raw_selinux
 from webhooks.decisions.recording import decide_recording, random_nonce
 
@@ -17,6 +18,7 @@ __all__ = [
     "Decision",
     "decide_binding",
     "decide_exec_metadata",
+    "decide_profile_binding",
     "decide_raw_selinux",
     "decide_recording",
     "random_nonce",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from api.types import InvalidObject
 
 STATUS_OK: Final = 200
 STATUS_BAD_REQUEST: Final = 400
@@ -24,3 +27,8 @@ class Decision:
 
 def deny(message: str, code: int = STATUS_FORBIDDEN) -> Decision:
     return Decision(allowed=False, message=message, code=code)
+
+
+def deny_invalid(invalid: Sequence[InvalidObject], consequence: str) -> Decision:
+    """Fail closed on stored objects the models reject, naming each one, why, and what it holds up."""
+    return deny("; ".join(o.describe() for o in invalid) + f": {consequence} until it is fixed or deleted")

@@ -27,9 +27,10 @@ from webhooks.decisions.pods import (
 PATCHED_MESSAGE: Final = "UID added to execmetadata"
 _EPHEMERAL_CONTAINERS: Final = "ephemeralContainers"
 _EPHEMERAL_SUBRESOURCE: Final = "ephemeralcontainers"
-# Upstream matches the regex ^<env>=.*$, where '.' stops at a newline: a forged "<env>=x\n" would
-# survive and, coming after ours, win in `env`. A prefix test has no such gap.
+# Upstream matches the regex ^<env>=.*$, where '.' stops at a newline: a leading "env <env>=x\n" would
+# survive next to ours. A prefix test has no such gap.
 _ASSIGNMENT_PREFIX: Final = f"{EXEC_REQUEST_UID_ENV}="
+_ENV: Final = "env"
 
 
 def decide_exec_metadata(request: Mapping[str, Any]) -> Decision:
@@ -68,11 +69,13 @@ def _command_patch(options: Mapping[str, Any], uid: str) -> list[Op]:
     if not isinstance(command, list) or not all(isinstance(part, str) for part in command):
         raise UndecodableRequestError("request.object.command must be a list of strings")
     assignment = f"{_ASSIGNMENT_PREFIX}{uid}"
-    tagged = [assignment if part.startswith(_ASSIGNMENT_PREFIX) else part for part in command]
-    # A forged assignment anywhere but right after a leading `env` (e.g. an argument of `sh -c`)
-    # would not set the variable, so ours is prepended unless the command already starts with it.
-    if tagged[:2] != ["env", assignment]:
-        tagged = ["env", assignment, *tagged]
+    # Only the first two words can be our prefix (a retried or replayed request carries one with another
+    # UID): they are replaced. Every other word is the user's, and rewriting it would change what the
+    # command means (`grep <variable>= file`), so ours is prepended instead.
+    if len(command) >= 2 and command[0] == _ENV and command[1].startswith(_ASSIGNMENT_PREFIX):
+        tagged = [_ENV, assignment, *command[2:]]
+    else:
+        tagged = [_ENV, assignment, *command]
     return [] if tagged == command else [{"op": "add", "path": "/command", "value": tagged}]
 
 

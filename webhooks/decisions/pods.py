@@ -61,6 +61,13 @@ def request_object(request: Mapping[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def request_old_object(request: Mapping[str, Any]) -> dict[str, Any]:
+    obj = request.get("oldObject")
+    if not isinstance(obj, dict):
+        raise UndecodableRequestError(f"request.oldObject must be an object, got {json_type(obj)}")
+    return obj
+
+
 def child_object(parent: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     """parent[key] as an object; absent or null reads as empty, since Kubernetes omits empty fields."""
     child = parent.get(key)

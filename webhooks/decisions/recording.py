@@ -4,9 +4,15 @@ Each recorded container gets the annotation `<prefix><container>` = `<recording>
 seconds>`, the key the agent files the recorded syscalls or AVCs under. Log-based recording also needs
 the container to run under the trace profile / recording SELinux type that makes the kernel log events.
 
-Recording is observability, not enforcement: it never denies a pod. An annotation that is already a
-valid value for the same recording and container is kept (so decisions are idempotent and a pod update
-does not restart the recording); any other value is overwritten, so a pod author cannot spoof one.
+In a namespace that records, only this admission writes the recording annotations, since the agent
+attributes what it records to the recording they name: an annotation that is already a valid value
+for the same recording and container is kept (so decisions are idempotent and a pod update does not
+restart the recording), any other value is overwritten, and a recording annotation for a container
+(or a pod) that no recording selects is removed, so a pod author cannot forge one.
+
+For the same reason recording fails closed, like its failurePolicy: a request it cannot decode, or a
+namespace holding a stored ProfileRecording the model rejects (whose selector cannot be read), is
+denied, naming what is wrong. A recording it can read but not use is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from api.constants import (
 )
 from api.selectors import matches
 from api.types import ProfileRecording, SeccompProfile, SelinuxProfile, seccomp_localhost_profile
-from webhooks.decisions.decision import Decision
+from webhooks.decisions.decision import STATUS_BAD_REQUEST, Decision, deny, deny_invalid
 from webhooks.decisions.pods import (
     OP_CREATE,
     OP_UPDATE,
@@ -38,6 +44,7 @@ from webhooks.decisions.pods import (
     Op,
     UndecodableRequestError,
     child_object,
+    escape,
     get_path,
     localhost_seccomp,
     pod_containers,
@@ -65,6 +72,9 @@ _PREFIXES: Final[Mapping[tuple[str, str], str]] = {
 }
 
 
+_RECORDING_PREFIXES: Final = tuple(_PREFIXES.values())
+
+
 def random_nonce() -> str:
     return "".join(secrets.choice(NONCE_ALPHABET) for _ in range(NONCE_LENGTH))
 
@@ -79,14 +89,16 @@ def decide_recording(
         # Pod specs are immutable after creation: on update only the annotations are kept right.
         return _record(request, snapshot, now, nonce, with_spec=operation == OP_CREATE)
     except UndecodableRequestError as error:
-        warning = f"pod not prepared for profile recording: {error}"
-        return Decision(message=warning, warnings=[warning])
+        return deny(f"cannot decode the pod to check its recording annotations: {error}", STATUS_BAD_REQUEST)
 
 
 def _record(
     request: Mapping[str, Any], snapshot: Snapshot, now: int, nonce: Callable[[], str], *, with_spec: bool
 ) -> Decision:
     namespace = request_namespace(request)
+    invalid = snapshot.invalid_objects(ProfileRecording.KIND, namespace)
+    if invalid:
+        return deny_invalid(invalid, "the recordings of this namespace cannot be applied")
     pod = request_object(request)
     metadata = child_object(pod, "metadata", "object")
     labels = string_map(metadata, "labels", "metadata")
@@ -96,7 +108,8 @@ def _record(
     warnings: list[str] = []
     owners: dict[str, tuple[str, str]] = {}  # annotation key -> (recording, container)
     tracing: dict[str, tuple[Container, dict[FieldPath, Any]]] = {}
-    for recording in snapshot.recordings_in(namespace):
+    # By name, not in the cache's order, so that replicas agree on which recording wins a container.
+    for recording in sorted(snapshot.recordings_in(namespace), key=lambda r: r.metadata.name or ""):
         name = recording.metadata.name or ""
         problem = _unusable(recording)
         if problem is not None:
@@ -131,6 +144,12 @@ def _record(
         if not _is_value_for(annotations.get(key), owner, container_name)
     }
     patch.extend(set_values(pod, "", stale))
+    forged = sorted(key for key in annotations if key.startswith(_RECORDING_PREFIXES) and key not in owners)
+    patch.extend({"op": "remove", "path": f"/metadata/annotations/{escape(key)}"} for key in forged)
+    if forged:
+        warnings.append(
+            f"removed recording annotations that no ProfileRecording selects: {', '.join(forged)}"
+        )
     message = "pod prepared for profile recording" if patch else "pod unchanged"
     return Decision(patch=patch, message=message, warnings=warnings)
 
