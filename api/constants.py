@@ -121,3 +121,40 @@ WEBHOOK_CERT_DIR: Final = "/tmp/k8s-webhook-server/serving-certs"
 LOG_ENRICHER_TRACE_PROFILE: Final = "log-enricher-trace"
 SELINUX_RECORDING_TYPE: Final = "selinuxrecording.process"
 SELINUX_TYPE_SUFFIX: Final = ".process"
+
+# --- node images (built locally, imported into the node's containerd; nothing is ever pulled) ----
+# The sandbox image containerd is configured with; ours is a local build tagged with this name.
+SANDBOX_IMAGE: Final = "registry.k8s.io/pause:3.10"
+# The images the docs' procedures run, spelled exactly as the docs spell them.
+IMAGE_TEST_NGINX_UNPRIVILEGED: Final = "quay.io/security-profiles-operator/test-nginx-unprivileged:1.21"
+IMAGE_NGINX_UNPRIVILEGED: Final = "nginxinc/nginx-unprivileged:1.21"
+IMAGE_TEST_NGINX: Final = "quay.io/security-profiles-operator/test-nginx:1.19.1"
+IMAGE_REDIS: Final = "quay.io/security-profiles-operator/redis:6.2.1"
+IMAGE_FEDORA_MINIMAL: Final = "registry.fedoraproject.org/fedora-minimal:latest"
+IMAGE_UBUNTU: Final = "ubuntu"
+DOCS_IMAGES: Final = (
+    IMAGE_TEST_NGINX_UNPRIVILEGED,
+    IMAGE_NGINX_UNPRIVILEGED,
+    IMAGE_TEST_NGINX,
+    IMAGE_REDIS,
+    IMAGE_FEDORA_MINIMAL,
+    IMAGE_UBUNTU,
+)
+# Our own tests' general-purpose image: a shell, coreutils applets, sleeps until stopped.
+IMAGE_TEST_BUSYBOX: Final = "spo.local/busybox:test"
+# Where references without a registry or tag resolve, as the kubelet asks containerd for them.
+DEFAULT_REGISTRY: Final = "docker.io"
+DEFAULT_REPOSITORY_PREFIX: Final = "library"
+DEFAULT_TAG: Final = "latest"
+# The OCI annotations containerd's import reads an image's name from.
+ANNOTATION_OCI_REF_NAME: Final = "org.opencontainers.image.ref.name"
+ANNOTATION_CONTAINERD_IMAGE_NAME: Final = "io.containerd.image.name"
+NODE_IMAGES_TAR: Final = "node-images.tar"
+BUSYBOX_PATH: Final = "/bin/busybox"  # Debian's busybox-static
+IMAGES_CACHE_SUBDIR: Final = "spo/images"  # below $XDG_CACHE_HOME (~/.cache)
+# OCI image-layout vocabulary (image-spec v1).
+OCI_LAYOUT_VERSION: Final = "1.0.0"
+MEDIA_TYPE_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+MEDIA_TYPE_OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_TYPE_OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
+MEDIA_TYPE_OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"

@@ -1,0 +1,3 @@
+module spo.local/pause
+
+go 1.22
