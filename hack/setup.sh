@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssl procps ca-certificates git busybox-static)
+APT_PACKAGES=(openssl procps ca-certificates git busybox-static runc containernetworking-plugins iptables iproute2 nftables)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
