@@ -340,6 +340,12 @@ def clean_host(paths: NodePaths, machine_wide: bool) -> None:
     """Remove every trace of the node under `paths`, whether it stopped cleanly or not, and with
     `machine_wide` what a node puts on the host. Idempotent."""
     _kill_all(paths, machine_wide)
+    # A killed shim leaves its socket in the machine-wide directory; its task state says which one.
+    for bootstrap in paths.containerd_state.glob("io.containerd.runtime.v2.task/*/*/bootstrap.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            socket_path = Path(str(json.loads(bootstrap.read_text())["address"]).removeprefix("unix://"))
+            if socket_path.parent == Path(constants.CONTAINERD_MACHINE_STATE_DIR) / "s":
+                socket_path.unlink(missing_ok=True)
     for point in mounts_under(Path("/proc/self/mountinfo").read_text(), paths.root):
         # umount2 directly: util-linux's umount would leave /run/mount/utab behind.
         if _LIBC.umount2(point.encode(), 0) != 0:

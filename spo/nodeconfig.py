@@ -130,6 +130,9 @@ def containerd_config(paths: NodePaths, sandbox_image: str) -> str:
         f"{runtime}.cni": {
             "bin_dirs": [constants.CNI_PLUGIN_DIR],
             "conf_dir": str(paths.cni_conf_dir),
+            # containerd brings lo up itself: libcni's cache gets no "cni-loopback" entry that a
+            # crash could leave behind.
+            "use_internal_loopback": True,
         },
         'plugins."io.containerd.cri.v1.images"': {"snapshotter": "overlayfs"},
         'plugins."io.containerd.cri.v1.images".pinned_images': {"sandbox": sandbox_image},

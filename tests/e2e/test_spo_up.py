@@ -1,4 +1,5 @@
-"""`spo up --detach` / `spo status` / `spo down` from a fresh state directory, as a newcomer runs them."""
+"""`spo up --no-node --detach` / `spo status` / `spo down` from a fresh state directory: the control plane
+alone, which needs no root and may run beside others (tests/e2e/test_node_lifecycle.py runs the node)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _spo(*args: str) -> subprocess.CompletedProcess[str]:
 def test_spo_up_detach_then_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     port = str(localcluster.free_port())
-    up = _spo("up", "--detach", "--state-dir", str(state), "--webhook-port", port)
+    up = _spo("up", "--no-node", "--detach", "--state-dir", str(state), "--webhook-port", port)
     assert up.returncode == 0, up.stdout + up.stderr
     kubeconfig = state / "kubeconfig"
     assert f"export KUBECONFIG={kubeconfig}" in up.stdout
@@ -44,7 +45,8 @@ def test_spo_up_detach_then_down(tmp_path: Path) -> None:
             "spo-mutating-webhook-configuration"
             in kubectl(kubeconfig, "get", "mutatingwebhookconfigurations", "-o", "name").stdout
         )
-        assert _spo("up", "--detach", "--state-dir", str(state)).returncode == 1, "a second up must refuse"
+        again = _spo("up", "--no-node", "--detach", "--state-dir", str(state))
+        assert again.returncode == 1, "a second up must refuse"
     finally:
         down = _spo("down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr
