@@ -26,6 +26,8 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)
+# Seconds per binary (the first one also downloads the modules), read by bench/controlplane_bench.py.
+timed() { echo "$1 $(( $(date +%s) - $2 ))" >> "$OUT/build-seconds"; }
 
 if [ "${#missing[@]}" -gt 0 ]; then
   log "building ${missing[*]} $K8S_VERSION (the first build takes several minutes)"
@@ -47,8 +49,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   LDFLAGS+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${MINOR}"
   LDFLAGS+=" -X k8s.io/component-base/version.gitTreeState=clean"
   for command in "${missing[@]}"; do
+    t0=$(date +%s)
     go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/$command.tmp" "k8s.io/kubernetes/cmd/$command"
     mv "$OUT/$command.tmp" "$OUT/$command"
+    timed "$command" "$t0"
     log "$command built after $(( $(date +%s) - started ))s ($(du -h "$OUT/$command" | cut -f1))"
   done
 fi
@@ -59,8 +63,10 @@ if [ ! -x "$OUT/etcd" ]; then
   cd "$WORK/etcd"
   go mod init spo.local/controlplane/etcd >/dev/null 2>&1
   go mod edit -require="go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
+  t0=$(date +%s)
   go build -trimpath -ldflags "-s -w" -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3
   mv "$OUT/etcd.tmp" "$OUT/etcd"
+  timed etcd "$t0"
   log "etcd built after $(( $(date +%s) - started ))s ($(du -h "$OUT/etcd" | cut -f1))"
 fi
 

@@ -28,6 +28,8 @@ TAGS="no_btrfs no_devmapper no_zfs no_aufs osusergo netgo"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)
+# Seconds per binary (the first one also downloads the modules), read by bench/controlplane_bench.py.
+timed() { echo "$1 $(( $(date +%s) - $2 ))" >> "$OUT/build-seconds"; }
 
 if [ "${#missing[@]}" -gt 0 ]; then
   log "building containerd $CONTAINERD_VERSION (${missing[*]})"
@@ -37,9 +39,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   go mod edit -require="github.com/containerd/containerd/v2@${CONTAINERD_VERSION}"
   LDFLAGS="-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
   for command in "${missing[@]}"; do
+    t0=$(date +%s)
     go build -trimpath -tags "$TAGS" -ldflags "$LDFLAGS" -o "$OUT/$command.tmp" \
       "github.com/containerd/containerd/v2/cmd/$command"
     mv "$OUT/$command.tmp" "$OUT/$command"
+    timed "$command" "$t0"
     log "$command built after $(( $(date +%s) - started ))s"
   done
 fi
@@ -49,8 +53,10 @@ if [ ! -x "$OUT/crictl" ]; then
   cd "$WORK/crictl"
   go mod init spo.local/node/crictl >/dev/null 2>&1
   go mod edit -require="sigs.k8s.io/cri-tools@${CRICTL_VERSION}"
+  t0=$(date +%s)
   go build -trimpath -ldflags "-s -w" -o "$OUT/crictl.tmp" sigs.k8s.io/cri-tools/cmd/crictl
   mv "$OUT/crictl.tmp" "$OUT/crictl"
+  timed crictl "$t0"
   log "crictl built after $(( $(date +%s) - started ))s"
 fi
 
