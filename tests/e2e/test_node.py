@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -168,3 +170,12 @@ def test_docs_binding_flow_runs_the_pod_under_the_profile(
     assert pod["spec"]["containers"][0]["securityContext"] == _localhost("profile1")
     status = _exec(node_cluster, node_namespace, "test-pod", "cat", "/proc/1/status").stdout
     assert "Seccomp:\t2" in status.splitlines()
+
+
+def test_kubelet_api_refuses_anonymous_callers(node_cluster: NodeCluster) -> None:
+    """Anonymous authentication is off: only the apiserver's kubelet client (and the node) get in."""
+    context = ssl.create_default_context(cafile=str(node_cluster.cluster.pki.ca_cert))
+    url = f"https://127.0.0.1:{constants.KUBELET_PORT}/pods"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, context=context, timeout=10)
+    assert refused.value.code == 401
