@@ -158,6 +158,13 @@ MEDIA_TYPE_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
 MEDIA_TYPE_OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
+# The pull subset of the OCI distribution API our loopback registry answers (spo/registry.py).
+HEADER_DISTRIBUTION_API_VERSION: Final = "Docker-Distribution-API-Version"
+DISTRIBUTION_API_VERSION: Final = "registry/2.0"
+HEADER_CONTENT_DIGEST: Final = "Docker-Content-Digest"
+# containerd's registry host configuration: <config_path>/<host>/hosts.toml, `_default` for every host.
+CONTAINERD_HOSTS_FILE: Final = "hosts.toml"
+CONTAINERD_DEFAULT_HOST_DIR: Final = "_default"
 
 # --- the local node (`spo up`): names and host paths it shares with the machine ------------------
 # One node per machine: `spo up` and test runs take this flock before touching the host's network,

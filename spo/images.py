@@ -13,6 +13,7 @@ the same inputs give the same bytes and digests, and `build_node_images` leaves 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,7 +58,7 @@ from api.constants import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_SOURCE = REPO_ROOT / "hack" / "images"
 PAUSE_SOURCE = IMAGES_SOURCE / "pause"
-SCRIPTS = IMAGES_SOURCE / "scripts"
+FILES = IMAGES_SOURCE / "files"
 
 # Any fixed instant would do; 0 keeps layers identical whenever and wherever they are built.
 FIXED_MTIME = 0
@@ -70,8 +72,8 @@ WEB_ROOT = "/usr/share/nginx/html"
 REDIS_DATA = "/data"
 RUN = "/usr/local/bin/spo-run"
 # Go's names for the machine architectures the OCI platform field uses (the same ones).
-GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
-           "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}  # fmt: skip
+GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le",
+           "s390x": "s390x", "riscv64": "riscv64"}  # fmt: skip
 
 _REFERENCE = re.compile(
     r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
@@ -135,7 +137,7 @@ class NodeInputs:
     busybox: bytes
     applets: tuple[str, ...]  # paths relative to the root, as `busybox --list-full` prints them
     pause: bytes
-    scripts: Mapping[str, bytes] = field(default_factory=dict)  # file name in hack/images/scripts -> bytes
+    files: Mapping[str, bytes] = field(default_factory=dict)  # file name in hack/images/files -> bytes
 
 
 # --- references -----------------------------------------------------------------------------------
@@ -313,26 +315,26 @@ def busybox_layer(inputs: NodeInputs) -> tuple[Entry, ...]:
         *(symlink(link, BUSYBOX_PATH) for link in links),
         regular("/etc/passwd", passwd.encode()),
         regular("/etc/group", group.encode()),
-        regular(RUN, _script(inputs, "spo-run"), 0o755),
+        regular(RUN, _file(inputs, "spo-run"), 0o755),
     )
 
 
-def _script(inputs: NodeInputs, name: str) -> bytes:
+def _file(inputs: NodeInputs, name: str) -> bytes:
     try:
-        return inputs.scripts[name]
+        return inputs.files[name]
     except KeyError:
-        raise ImageBuildError(f"{SCRIPTS / name} is missing") from None
+        raise ImageBuildError(f"{FILES / name} is missing") from None
 
 
 def node_image_specs(inputs: NodeInputs) -> list[ImageSpec]:
     """Every image the node needs: the sandbox image, the docs' images and our tests' busybox image."""
     base = busybox_layer(inputs)
-    bash = regular("/bin/bash", _script(inputs, "bash"), 0o755)
+    bash = regular("/bin/bash", _file(inputs, "bash"), 0o755)
     site = (
         directory("/usr/share"),
         directory("/usr/share/nginx"),
         directory(WEB_ROOT),
-        regular(f"{WEB_ROOT}/index.html", _script(inputs, "index.html")),
+        regular(f"{WEB_ROOT}/index.html", _file(inputs, "index.html")),
     )
 
     def httpd(port: int) -> tuple[str, ...]:
@@ -359,7 +361,7 @@ def node_image_specs(inputs: NodeInputs) -> list[ImageSpec]:
                 base,
                 (
                     directory(REDIS_DATA, owner=REDIS_UID),
-                    regular("/usr/local/bin/redis-server", _script(inputs, "redis-server"), 0o755),
+                    regular("/usr/local/bin/redis-server", _file(inputs, "redis-server"), 0o755),
                 ),
             ),
             (RUN, "redis-server"),
@@ -370,7 +372,7 @@ def node_image_specs(inputs: NodeInputs) -> list[ImageSpec]:
         replace(
             shell,
             reference=IMAGE_FEDORA_MINIMAL,
-            layers=(base, (bash, regular("/usr/bin/curl", _script(inputs, "curl"), 0o755))),
+            layers=(base, (bash, regular("/usr/bin/curl", _file(inputs, "curl"), 0o755))),
         ),
         replace(shell, reference=IMAGE_UBUNTU),
         ImageSpec(IMAGE_TEST_BUSYBOX, (base,), (RUN, "sleep", "2147483647")),
@@ -422,6 +424,7 @@ def pause_binary(cache_dir: Path, architecture: str) -> bytes:
             )
             if result.returncode != 0:
                 raise ImageBuildError(f"building the pause binary failed:\n{result.stderr[-4000:]}")
+            # Atomic: a concurrent build (another checkout, a parallel test) never sees half a binary.
             built.replace(binary)
     return binary.read_bytes()
 
@@ -439,7 +442,7 @@ def read_inputs(cache_dir: Path, architecture: str) -> NodeInputs:
         busybox=busybox.read_bytes(),
         applets=tuple(sorted(listing.stdout.split())),
         pause=pause_binary(cache_dir, architecture),
-        scripts={path.name: path.read_bytes() for path in sorted(SCRIPTS.glob("*")) if path.is_file()},
+        files={path.name: path.read_bytes() for path in sorted(FILES.glob("*")) if path.is_file()},
     )
 
 
@@ -460,3 +463,23 @@ def build_node_images(out_dir: Path, cache_dir: Path | None = None) -> Path:
     os.chmod(partial.name, 0o644)
     Path(partial.name).replace(target)
     return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spo.images",
+        description=f"Build the node's images into OUT_DIR/{NODE_IMAGES_TAR} "
+        "(for `ctr -n k8s.io images import`) and print its path.",
+    )
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    args = parser.parse_args(argv)
+    try:
+        print(build_node_images(args.out_dir))
+    except (ImageBuildError, OSError) as error:
+        print(f"cannot build the node images: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

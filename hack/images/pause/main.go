@@ -12,6 +12,8 @@ import (
 func main() {
 	signals := make(chan os.Signal, 16)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGCHLD)
+	// Children that exited before the handler was in place sent their SIGCHLD to no one.
+	reap()
 	for sig := range signals {
 		if sig != syscall.SIGCHLD {
 			os.Exit(0)
