@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from spo.nodeconfig import (
     sysctl_path,
 )
 from spo.processes import stop_process
+from spo.registry import write_hosts_dir
 
 NODE_BUILD_SCRIPT = localcluster.REPO_ROOT / "hack" / "node" / "build.sh"
 NODE_COMMANDS = ("containerd", "ctr", "containerd-shim-runc-v2", "crictl")
@@ -218,10 +221,18 @@ class Node:
         )
 
     def _import_images(self) -> None:
+        """Import the images (pods that do not pull find them) and serve them (pods that pull get them)."""
         archive = build_node_images(self.paths.images)
         imported = self._ctr("images", "import", str(archive), timeout=300)
         if imported.returncode != 0:
             raise localcluster.ControlPlaneError(f"importing {archive} failed:\n{imported.stderr}")
+        port = localcluster.free_port()
+        # -P: a folder named like one of our packages in the caller's directory must not shadow it.
+        argv = [sys.executable, "-P", "-m", "spo.registry", str(archive), "--port", str(port)]
+        self.cluster.spawn("registry", argv)
+        url = f"http://127.0.0.1:{port}"
+        self.cluster.wait_until(functools.partial(localcluster.http_ok, f"{url}/v2/"), "node image registry")
+        write_hosts_dir(self.paths.registry_hosts, url)
 
     def _start_kubelet(self, lock: NodeLock) -> None:
         paths, pki = self.paths, self.cluster.pki

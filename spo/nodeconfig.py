@@ -74,6 +74,11 @@ class NodePaths:
         return self.root / "images"
 
     @property
+    def registry_hosts(self) -> Path:
+        """containerd's registry host configuration: every registry is our loopback one."""
+        return self.root / "registry-hosts"
+
+    @property
     def saved_host_state(self) -> Path:
         return self.root / "host-state.json"
 
@@ -135,6 +140,9 @@ def containerd_config(paths: NodePaths, sandbox_image: str) -> str:
             "use_internal_loopback": True,
         },
         'plugins."io.containerd.cri.v1.images"': {"snapshotter": "overlayfs"},
+        # Pulls (imagePullPolicy Always, the default for `:latest` and untagged images) go to the node's
+        # loopback registry of the same images: nothing leaves the machine.
+        'plugins."io.containerd.cri.v1.images".registry': {"config_path": str(paths.registry_hosts)},
         'plugins."io.containerd.cri.v1.images".pinned_images': {"sandbox": sandbox_image},
         'plugins."io.containerd.grpc.v1.cri"': {"stream_server_address": "127.0.0.1"},
     }

@@ -40,6 +40,7 @@ def test_containerd_config_keeps_everything_under_the_node_directory() -> None:
     images = config["plugins"]["io.containerd.cri.v1.images"]
     assert images["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10"
     assert images["snapshotter"] == "overlayfs"
+    assert images["registry"] == {"config_path": "/state/node/registry-hosts"}
     assert "io.containerd.internal.v1.opt" in config["disabled_plugins"]
 
 

@@ -79,6 +79,18 @@ def test_kubectl_logs_shows_the_container_output(node_cluster: NodeCluster, node
     assert logs.strip() == "hello from talker"
 
 
+def test_untagged_image_is_pulled_from_the_node_registry(
+    node_cluster: NodeCluster, node_namespace: str
+) -> None:
+    """An untagged image defaults to pull policy Always: the pull reaches the node's loopback registry."""
+    pod = _pod("puller", constants.IMAGE_UBUNTU, command=["sleep", "3600"])
+    _run(node_cluster, node_namespace, pod)
+    spec = kubectl_json(node_cluster.kubeconfig, "-n", node_namespace, "get", "pod", "puller")["spec"]
+    assert spec["containers"][0]["imagePullPolicy"] == "Always"
+    events = kubectl(node_cluster.kubeconfig, "-n", node_namespace, "get", "events").stdout
+    assert "Successfully pulled image" in events
+
+
 def test_deployment_and_daemonset_roll_out(node_cluster: NodeCluster, node_namespace: str) -> None:
     config, image = node_cluster.kubeconfig, constants.IMAGE_TEST_NGINX_UNPRIVILEGED
     kubectl(config, "-n", node_namespace, "create", "deployment", "web", f"--image={image}", "--replicas=2")
