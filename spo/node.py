@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from api import constants
 from api.kube import api_client
 from spo import localcluster
-from spo.images import build_node_images
+from spo.images import ImageBuildError, build_node_images
 from spo.nodeconfig import (
     NodePaths,
     cni_conflist,
@@ -222,7 +222,10 @@ class Node:
 
     def _import_images(self) -> None:
         """Import the images (pods that do not pull find them) and serve them (pods that pull get them)."""
-        archive = build_node_images(self.paths.images)
+        try:
+            archive = build_node_images(self.paths.images)
+        except ImageBuildError as error:
+            raise localcluster.ControlPlaneError(f"building the node images failed: {error}") from error
         imported = self._ctr("images", "import", str(archive), timeout=300)
         if imported.returncode != 0:
             raise localcluster.ControlPlaneError(f"importing {archive} failed:\n{imported.stderr}")
