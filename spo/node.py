@@ -335,14 +335,20 @@ def teardown(paths: NodePaths, binaries: Path, running: Mapping[str, int]) -> No
     when no other state directory's node holds the machine."""
     if "kubelet" in running:
         stop_process(running["kubelet"], timeout=STOP_TIMEOUT_SECONDS)
-    if "containerd" in running and paths.containerd_socket.exists():
-        crictl(binaries, paths, "rmp", "--all", "--force", timeout=120)
+    if "containerd" in running:
+        if paths.containerd_socket.exists():
+            crictl(binaries, paths, "rmp", "--all", "--force", timeout=120)
         stop_process(running["containerd"], timeout=STOP_TIMEOUT_SECONDS)
     owner = paths.root.parent
     try:
         lock = NodeLock.acquire(owner)
     except NodeBusy:
-        clean_host(paths, machine_wide=lock_holder() == str(owner))
+        ours = lock_holder() == str(owner)
+        clean_host(paths, machine_wide=ours)
+        if ours:
+            # Orphaned shims held it and are gone now: release it, unless this very process holds it.
+            with contextlib.suppress(NodeBusy):
+                NodeLock.acquire(owner).release()
         return
     try:
         clean_host(paths, machine_wide=True)
