@@ -97,28 +97,30 @@ class NodeLock:
     """The machine-wide node lock, held on an open file the node's processes inherit."""
 
     fd: int
+    path: str = constants.NODE_LOCK_FILE
 
     @classmethod
-    def acquire(cls, owner: Path, wait: float = 0.0) -> NodeLock:
+    def acquire(cls, owner: Path, wait: float = 0.0, path: str = constants.NODE_LOCK_FILE) -> NodeLock:
         deadline = time.monotonic() + wait
         while True:
-            fd = os.open(constants.NODE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 if time.monotonic() >= deadline:
+                    holder = lock_holder(path)
                     raise NodeBusy(
-                        f"a node already runs on this machine (state directory {lock_holder()}); "
-                        f"stop it first: spo down --state-dir {lock_holder()}"
+                        f"a node already runs on this machine (state directory {holder}); "
+                        f"stop it first: spo down --state-dir {holder}"
                     ) from None
                 time.sleep(1.0)
                 continue
             # The last holder unlinks the file on release: a lock taken on that unlinked file is no lock.
-            if _same_file(fd, constants.NODE_LOCK_FILE):
+            if _same_file(fd, path):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(owner).encode(), 0)
-                return cls(fd)
+                return cls(fd, path)
             os.close(fd)
 
     def hand_over(self) -> None:
@@ -127,8 +129,8 @@ class NodeLock:
 
     def release(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            if _same_file(self.fd, constants.NODE_LOCK_FILE):
-                os.unlink(constants.NODE_LOCK_FILE)
+            if _same_file(self.fd, self.path):
+                os.unlink(self.path)
         os.close(self.fd)
 
 
@@ -153,9 +155,9 @@ def _same_file(fd: int, path: str) -> bool:
     return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
-def lock_holder() -> str:
+def lock_holder(path: str = constants.NODE_LOCK_FILE) -> str:
     try:
-        return Path(constants.NODE_LOCK_FILE).read_text().strip() or "unknown"
+        return Path(path).read_text().strip() or "unknown"
     except OSError:
         return "unknown"
 
