@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def spo_up_with_node() -> None:
     running = time.monotonic() - started
     started = time.monotonic()
     subprocess.run([*spo, "down", "--state-dir", str(state)], check=True, capture_output=True)
+    shutil.rmtree(state)
     print(
         f"spo up (node): node Ready after {ready:.1f} s, spo up returned after {returned:.1f} s, "
         f"first pod Running after {running:.1f} s; spo down {time.monotonic() - started:.1f} s"
