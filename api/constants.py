@@ -186,3 +186,44 @@ HEADER_CONTENT_DIGEST: Final = "Docker-Content-Digest"
 # containerd's registry host configuration: <config_path>/<host>/hosts.toml, `_default` for every host.
 CONTAINERD_HOSTS_FILE: Final = "hosts.toml"
 CONTAINERD_DEFAULT_HOST_DIR: Final = "_default"
+
+# --- the local node (`spo up`): names and host paths it shares with the machine ------------------
+# One node per machine: `spo up` and test runs take this flock before touching the host's network,
+# cgroups or sysctls, and the node's processes inherit it so it is held exactly while they run.
+NODE_LOCK_FILE: Final = "/run/spo-node.lock"
+# Pods live on this bridge, in a subnet that keeps clear of common defaults (containerd's 10.88/16,
+# Docker's 172.17/16, flannel's 10.244/16) and of the apiserver's service range.
+CNI_BRIDGE: Final = "spo0"
+CNI_NETWORK: Final = "spo-pods"
+POD_SUBNET: Final = "10.217.0.0/24"
+SERVICE_SUBNET: Final = "10.0.0.0/24"
+CNI_PLUGIN_DIR: Final = "/usr/lib/cni"  # Debian's containernetworking-plugins
+CNI_PLUGINS: Final = ("bridge", "host-local", "portmap", "loopback")
+CNI_RESULTS_CACHE_DIR: Final = "/var/lib/cni/results"  # libcni's, not configurable from containerd
+CONTAINERD_MACHINE_STATE_DIR: Final = "/run/containerd"  # shim sockets land in <it>/s whatever the config
+CRI_NAMESPACE: Final = "k8s.io"
+CGROUP_V1_ROOT: Final = "/sys/fs/cgroup"
+KUBEPODS_CGROUP: Final = "kubepods"
+# Chains the kubelet (KUBE-) and the CNI bridge and portmap plugins (CNI-) add to iptables.
+IPTABLES_CHAIN_PREFIXES: Final = ("KUBE-", "CNI-")
+# Sysctls the kubelet (protectKernelDefaults off) and the bridge plugin (gateway) set; restored on down.
+NODE_SYSCTLS: Final = (
+    "vm.overcommit_memory",
+    "vm.panic_on_oom",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "kernel.keys.root_maxkeys",
+    "kernel.keys.root_maxbytes",
+    "net.ipv4.ip_forward",
+)
+KUBELET_PORT: Final = 10250
+CONTAINER_LOG_LINKS_DIR: Final = "/var/log/containers"  # the kubelet's, whatever its configuration
+# Host directories a node creates outside its own (shim sockets, libcni's cache, the kubelet's device
+# plugin socket and log links, libmount's utab): removed on down when they did not exist before.
+NODE_HOST_DIRS: Final = (
+    CONTAINERD_MACHINE_STATE_DIR,
+    "/var/lib/cni",
+    KUBELET_DIR,
+    CONTAINER_LOG_LINKS_DIR,
+    "/run/mount",
+)

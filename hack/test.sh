@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash hack/setup.sh
 bash hack/controlplane/build.sh >/dev/null
+bash hack/node/build.sh >/dev/null
 exec .venv/bin/python -m pytest "$@"

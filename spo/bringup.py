@@ -3,6 +3,7 @@ the webhook process, and the webhook configurations pointing at it by URL."""
 
 from __future__ import annotations
 
+import functools
 import ssl
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from reconciler.webhook_config import (
     desired_mutating_configuration,
     desired_validating_configuration,
 )
-from spo import localcluster
+from spo import localcluster, node
 
 
 def _ensure_spod(api: client.ApiClient, namespace: str) -> SecurityProfilesOperatorDaemon:
@@ -48,7 +49,8 @@ def start_webhook(
 ) -> subprocess.Popen[bytes]:
     """`spo webhook` on 127.0.0.1:port with the cluster's webhook certificate; returns once ready."""
     argv = [
-        sys.executable, "-m", "spo.cli", "webhook",
+        # -P: a folder named like one of our packages in the caller's directory must not shadow it.
+        sys.executable, "-P", "-m", "spo.cli", "webhook",
         "--host", "127.0.0.1",
         "--port", str(port),
         "--cert-dir", str(cluster.pki.webhook_dir),
@@ -67,16 +69,43 @@ def start_webhook(
     return process
 
 
-def bring_up(state_dir: Path, namespace: str, webhook_port: int) -> localcluster.ControlPlane:
-    state_dir.mkdir(parents=True, exist_ok=True)
+def bring_up(
+    state_dir: Path, namespace: str, webhook_port: int, with_node: bool = True
+) -> tuple[localcluster.ControlPlane, dict[str, str]]:
+    """The control plane, with a node unless `with_node` is off, then the operator's components.
+    Returns the cluster and what `spo down` and `spo status` need to know of the node."""
+    progress = functools.partial(print, flush=True)
     cluster = localcluster.ControlPlane(
         state_dir,
-        localcluster.binaries_dir(progress=lambda m: print(m, flush=True)),
+        localcluster.binaries_dir(progress),
         webhook_dns_names=certs.webhook_dns_names(constants.WEBHOOK_SERVICE, namespace),
+        node=with_node,
     )
-    print(f"starting etcd and kube-apiserver under {state_dir} ...", flush=True)
+    lock, node_binaries, facts = None, None, {}
+    if with_node:
+        node_binaries = node.node_binaries_dir(progress)
+        missing = node.missing_prerequisites(cluster.binaries, node_binaries)
+        if missing:
+            raise localcluster.ControlPlaneError(
+                "the node needs:\n  " + "\n  ".join(missing) + "\n(or run `spo up --no-node` for the "
+                "control plane alone)"
+            )
+        lock = node.acquire_for(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
     try:
+        print(f"starting etcd and kube-apiserver under {state_dir} ...", flush=True)
         cluster.start()
+        if lock is not None and node_binaries is not None:
+            print("starting the controller-manager, the scheduler and the node ...", flush=True)
+            cluster.start_controllers()
+            local_node = node.Node(cluster, node_binaries)
+            local_node.start(lock)
+            progress(f"node {local_node.name} is Ready")
+            facts = {
+                "node": local_node.name,
+                "node_binaries": str(node_binaries),
+                "seccomp_dir": str(local_node.paths.seccomp_dir),
+            }
         api = api_client(str(cluster.kubeconfig))
         localcluster.install_crds(api, manifests.crds.all_crds())
         localcluster.ensure_namespace(api, namespace)
@@ -92,6 +121,17 @@ def bring_up(state_dir: Path, namespace: str, webhook_port: int) -> localcluster
             desired_validating_configuration(endpoint, bundle),
         )
     except BaseException:
-        cluster.stop()
+        stop_all(cluster, node_binaries)
+        if lock is not None:
+            lock.release()
         raise
-    return cluster
+    if lock is not None:
+        lock.hand_over()
+    return cluster, facts
+
+
+def stop_all(cluster: localcluster.ControlPlane, node_binaries: Path | None) -> None:
+    """The node first (torn down to nothing), then the rest in reverse start order."""
+    if node_binaries is not None:
+        node.Node(cluster, node_binaries).stop()
+    cluster.stop()

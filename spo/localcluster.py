@@ -7,6 +7,7 @@ certificate in group system:masters, and the webhook's serving certificate.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 import certs
 from api import constants
+from spo.nodeconfig import kubeconfig
 from spo.processes import stop_process
 
 log = logging.getLogger(__name__)
@@ -59,23 +61,40 @@ AUDIT_POLICY = {
 }
 
 
+# Certificate names (files <name>.crt/.key in the PKI directory) of a cluster with a node.
+KUBELET_CLIENT = "kubelet-client"
+KUBELET_SERVING = "kubelet-serving"
+# The apiserver's identity towards kubelets; bound to the built-in system:kubelet-api-admin role.
+APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+CONTROLLER_MANAGER = "kube-controller-manager"
+SCHEDULER = "kube-scheduler"
+COMPONENTS_SERVING = "components-serving"
+
+
 class ControlPlaneError(RuntimeError):
     pass
 
 
 def binaries_dir(progress: Callable[[str], None] = log.info) -> Path:
-    """Build (or find, when cached) kube-apiserver and etcd; honours SPO_CONTROLPLANE_BIN."""
-    override = os.environ.get("SPO_CONTROLPLANE_BIN")
-    if override and (Path(override) / "kube-apiserver").exists():
+    """Build (or find, when cached) the Kubernetes binaries and etcd; honours SPO_CONTROLPLANE_BIN."""
+    return built_binaries(
+        BUILD_SCRIPT, "SPO_CONTROLPLANE_BIN", "kube-apiserver", "Kubernetes and etcd", progress
+    )
+
+
+def built_binaries(
+    script: Path, override_env: str, probe: str, what: str, progress: Callable[[str], None]
+) -> Path:
+    """Run one of hack/'s idempotent build scripts and return the directory it prints last."""
+    override = os.environ.get(override_env)
+    if override and (Path(override) / probe).exists():
         return Path(override)
-    if not BUILD_SCRIPT.exists():
-        raise ControlPlaneError(
-            f"{BUILD_SCRIPT} not found: run from a source checkout or set SPO_CONTROLPLANE_BIN"
-        )
-    progress("ensuring kube-apiserver and etcd are built (the first build takes several minutes)...")
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+    if not script.exists():
+        raise ControlPlaneError(f"{script} not found: run from a source checkout or set {override_env}")
+    progress(f"ensuring {what} are built (the first build takes several minutes)...")
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise ControlPlaneError(f"building the control plane failed:\n{result.stderr[-4000:]}")
+        raise ControlPlaneError(f"building {what} failed:\n{result.stderr[-4000:]}")
     return Path(result.stdout.strip().splitlines()[-1])
 
 
@@ -108,6 +127,9 @@ class Pki:
     def webhook_dir(self) -> Path:
         return self.directory / "webhook"
 
+    def pair(self, name: str) -> tuple[Path, Path]:
+        return self.directory / f"{name}.crt", self.directory / f"{name}.key"
+
     def create(self, webhook_dns_names: Sequence[str]) -> None:
         ca = certs.generate_ca("spo-local-ca")
         certs.write_pair(self.directory, ca, cert_name=constants.CA_CERT_FILE, key_name=constants.CA_KEY_FILE)
@@ -127,6 +149,39 @@ class Pki:
         (self.directory / "sa.key").write_bytes(certs.generate_private_key_pem())
         (self.directory / "sa.key").chmod(0o600)
 
+    def create_node_components(self) -> None:
+        """Identities of the control-plane parts that only run with a node."""
+        ca = certs.load_pair(self.directory, constants.CA_CERT_FILE, constants.CA_KEY_FILE)
+        for name, user in (
+            (APISERVER_KUBELET_CLIENT, APISERVER_KUBELET_CLIENT),
+            (CONTROLLER_MANAGER, "system:kube-controller-manager"),
+            (SCHEDULER, "system:kube-scheduler"),
+        ):
+            self._write(name, certs.issue_certificate(ca, user, client=True))
+        self._write(
+            COMPONENTS_SERVING,
+            certs.issue_certificate(ca, "localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"]),
+        )
+
+    def create_kubelet(self, node_name: str, node_ips: Sequence[str]) -> None:
+        """The node's client identity and the kubelet's serving certificate (its names and IPs)."""
+        ca = certs.load_pair(self.directory, constants.CA_CERT_FILE, constants.CA_KEY_FILE)
+        # The Node authorizer confines a kubelet to its own node and pods by this name and group.
+        self._write(
+            KUBELET_CLIENT,
+            certs.issue_certificate(ca, f"system:node:{node_name}", organization="system:nodes", client=True),
+        )
+        self._write(
+            KUBELET_SERVING,
+            certs.issue_certificate(
+                ca, node_name, dns_names=[node_name, "localhost"], ip_addresses=[*node_ips, "127.0.0.1"]
+            ),
+        )
+
+    def _write(self, name: str, pair: certs.KeyPair) -> None:
+        cert, key = self.pair(name)
+        certs.write_pair(self.directory, pair, cert_name=cert.name, key_name=key.name)
+
 
 @dataclass
 class ControlPlane:
@@ -136,6 +191,9 @@ class ControlPlane:
     binaries: Path
     webhook_dns_names: Sequence[str] = ()
     api_port: int = 0
+    # With a node: the apiserver authorizes kubelets (Node authorizer) and reaches them with its own
+    # client certificate, and pods get service-account tokens; controllers and scheduler run.
+    node: bool = False
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -161,6 +219,8 @@ class ControlPlane:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         if not self.pki.ca_cert.exists():
             self.pki.create(self.webhook_dns_names)
+        if self.node and not self.pki.pair(COMPONENTS_SERVING)[0].exists():
+            self.pki.create_node_components()
         etcd_url = self._start_etcd()
         self.api_port = self.api_port or free_port()
         self._start_apiserver(etcd_url)
@@ -170,7 +230,7 @@ class ControlPlane:
     def _start_etcd(self) -> str:
         client_port, peer_port = free_port(), free_port()
         client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-        self._spawn(
+        self.spawn(
             "etcd",
             [
                 str(self.binaries / "etcd"),
@@ -192,7 +252,7 @@ class ControlPlane:
         pki = self.pki
         policy = self.state_dir / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
-        self._spawn(
+        self.spawn(
             "kube-apiserver",
             [
                 str(self.binaries / "kube-apiserver"),
@@ -206,11 +266,9 @@ class ControlPlane:
                 f"--service-account-issuer=https://127.0.0.1:{self.api_port}",
                 f"--service-account-key-file={pki.directory / 'sa.key'}",
                 f"--service-account-signing-key-file={pki.directory / 'sa.key'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
+                f"--service-cluster-ip-range={constants.SERVICE_SUBNET}",
                 "--allow-privileged=true",
-                # The ServiceAccount admission plugin needs the controller-manager's default SAs.
-                "--disable-admission-plugins=ServiceAccount",
+                *self._node_flags(),
                 # No Endpoints for `kubernetes` to keep: nothing may dial a non-loopback address.
                 "--endpoint-reconciler-type=none",
                 f"--audit-policy-file={policy}",
@@ -222,34 +280,78 @@ class ControlPlane:
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
         self.wait_until(lambda: http_ok(f"{self.url}/readyz", context), "kube-apiserver /readyz")
 
-    def _write_kubeconfig(self) -> None:
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "spo-local",
-                    "cluster": {"server": self.url, "certificate-authority": str(self.pki.ca_cert)},
-                }
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate": str(self.pki.admin_cert),
-                        "client-key": str(self.pki.admin_key),
-                    },
-                }
-            ],
-            "contexts": [{"name": "spo-local", "context": {"cluster": "spo-local", "user": "admin"}}],
-            "current-context": "spo-local",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig))
+    def _node_flags(self) -> list[str]:
+        if not self.node:
+            # The ServiceAccount admission plugin needs the controller-manager's default SAs.
+            return ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"]
+        cert, key = self.pki.pair(APISERVER_KUBELET_CLIENT)
+        return [
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={cert}",
+            f"--kubelet-client-key={key}",
+            f"--kubelet-certificate-authority={self.pki.ca_cert}",
+            # The node's hostname resolves to loopback: the apiserver reaches the kubelet there.
+            "--kubelet-preferred-address-types=Hostname,InternalIP",
+        ]
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def start_controllers(self) -> None:
+        """kube-controller-manager and kube-scheduler, each with its own identity, healthy on return."""
+        pki = self.pki
+        serving_cert, serving_key = pki.pair(COMPONENTS_SERVING)
+        ports = {}
+        for name, extra in (
+            (
+                CONTROLLER_MANAGER,
+                [
+                    f"--service-account-private-key-file={pki.directory / 'sa.key'}",
+                    f"--root-ca-file={pki.ca_cert}",
+                    "--use-service-account-credentials=true",
+                    # No cloud, and the node's pod CIDR comes from the kubelet's configuration.
+                    "--controllers=*,-node-ipam-controller",
+                ],
+            ),
+            (SCHEDULER, []),
+        ):
+            cert, key = pki.pair(name)
+            config = self.state_dir / f"{name}.kubeconfig"
+            write_yaml(config, kubeconfig(self.url, pki.ca_cert, name, cert, key))
+            ports[name] = free_port()
+            self.spawn(
+                name,
+                [
+                    str(self.binaries / name),
+                    f"--kubeconfig={config}",
+                    f"--authentication-kubeconfig={config}",
+                    f"--authorization-kubeconfig={config}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={ports[name]}",
+                    f"--tls-cert-file={serving_cert}",
+                    f"--tls-private-key-file={serving_key}",
+                    "--leader-elect=false",
+                    *extra,
+                ],
+            )
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        for name, port in ports.items():
+            url = f"https://127.0.0.1:{port}/healthz"
+            self.wait_until(functools.partial(http_ok, url, context), f"{name} /healthz")
+
+    def _write_kubeconfig(self) -> None:
+        write_yaml(self.kubeconfig, kubeconfig(self.url, self.pki.ca_cert, "admin", *self.pki.pair("admin")))
+
+    def spawn(
+        self, name: str, argv: list[str], pass_fds: Sequence[int] = (), env: dict[str, str] | None = None
+    ) -> None:
         with self.log_file(name).open("ab") as out:
             self.processes[name] = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=pass_fds,
+                env=env,
             )
 
     def wait_until(self, probe: Callable[[], bool], what: str) -> None:
@@ -278,6 +380,10 @@ class ControlPlane:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(data))
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

@@ -43,24 +43,37 @@ def _recorded(state_dir: Path) -> tuple[list[RecordedProcess], dict[str, Any]]:
 
 
 def stop_recorded(state_dir: Path) -> list[str]:
-    processes, _ = _recorded(state_dir)
-    stopped = []
+    """Stop what `spo up` recorded and return the names that still ran: the node first, torn down to
+    nothing even when its processes crashed, then the rest in reverse start order."""
+    processes, data = _recorded(state_dir)
+    running = {p.name: p.pid for p in processes if p.running()}
+    if data.get("node_binaries"):
+        # Imported here: `spo status` and the parsers need none of the node's machinery.
+        from spo.node import NODE_PROCESSES, teardown
+        from spo.nodeconfig import NodePaths
+
+        node_running = {name: pid for name, pid in running.items() if name in NODE_PROCESSES}
+        teardown(NodePaths(state_dir / "node"), Path(data["node_binaries"]), node_running)
     for process in reversed(processes):
         if process.running():
             stop_process(process.pid)
-            stopped.append(process.name)
     (state_dir / PROCESS_FILE).unlink(missing_ok=True)
-    return stopped
+    return [p.name for p in processes if p.name in running]
 
 
 def _up(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
-    running = [p.name for p in _recorded(state_dir)[0] if p.running()]
-    if running:
+    recorded = _recorded(state_dir)[0]
+    running = [p.name for p in recorded if p.running()]
+    if recorded and len(running) == len(recorded):
         print(
             f"already running under {state_dir}: {', '.join(running)} (use `spo down` first)", file=sys.stderr
         )
         return 1
+    if recorded:
+        # A crash or a kill of some part: what is left is stopped and its state cleaned, then a fresh start.
+        print(f"cleaning up after an earlier run that lost {len(recorded) - len(running)} process(es)")
+        stop_recorded(state_dir)
     # Imported here: the control plane, Kubernetes client and PKI are only needed by `spo up`.
     from kubernetes.client.exceptions import ApiException
 
@@ -68,20 +81,33 @@ def _up(args: argparse.Namespace) -> int:
     from spo.localcluster import ControlPlaneError
 
     try:
-        cluster = bring_up(state_dir, args.namespace, args.webhook_port)
+        cluster, node_facts = bring_up(
+            state_dir, args.namespace, args.webhook_port, with_node=not args.no_node
+        )
     except (ControlPlaneError, ApiException, OSError) as error:
         print(f"spo up failed: {error}", file=sys.stderr)
         return 1
     record(
         state_dir,
         {name: p.pid for name, p in cluster.processes.items()},
-        {"kubeconfig": str(cluster.kubeconfig), "server": cluster.url, "namespace": args.namespace},
+        {
+            "kubeconfig": str(cluster.kubeconfig),
+            "server": cluster.url,
+            "namespace": args.namespace,
+            **node_facts,
+        },
     )
     print(
         "\nThe local cluster is ready.\n"
         f"  export KUBECONFIG={cluster.kubeconfig}\n"
         "  kubectl get sp\n"
-        f"Logs (apiserver audit log included): {state_dir / 'logs'}\n"
+        + (
+            f"Node {node_facts['node']} runs pods; Localhost seccomp profiles `operator/<name>.json` "
+            f"are read from {node_facts['seccomp_dir']}\n"
+            if node_facts
+            else "No node (--no-node): pods stay Pending.\n"
+        )
+        + f"Logs (apiserver audit log included): {state_dir / 'logs'}\n"
         "Stop it with `spo down`" + ("." if args.detach else " or Ctrl-C."),
         flush=True,
     )
@@ -113,9 +139,24 @@ def _status(args: argparse.Namespace) -> int:
         print(f"nothing started under {args.state_dir}")
         return 1
     for process in processes:
-        print(f"{process.name:16} pid {process.pid:<8} {'running' if process.running() else 'NOT running'}")
+        print(f"{process.name:24} pid {process.pid:<8} {'running' if process.running() else 'NOT running'}")
     print(f"server     {data.get('server')}\nkubeconfig {data.get('kubeconfig')}")
+    if data.get("node"):
+        print(f"node       {data['node']} {_node_condition(data)}\nseccomp    {data.get('seccomp_dir')}")
     return 0 if all(p.running() for p in processes) else 1
+
+
+def _node_condition(data: dict[str, Any]) -> str:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from api.kube import api_client
+    from spo.node import node_ready
+
+    try:
+        return "Ready" if node_ready(api_client(str(data["kubeconfig"])), str(data["node"])) else "NotReady"
+    except (ApiException, HTTPError, OSError) as error:
+        return f"unknown ({error.__class__.__name__})"
 
 
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -127,11 +168,18 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser = subparsers.add_parser(
         "up",
         parents=[state],
-        help="start a local control plane with the operator on it",
-        description="Build kube-apiserver and etcd if needed, start them on 127.0.0.1, install the CRDs, "
+        help="start a local single-node cluster with the operator on it",
+        description="Build the Kubernetes binaries, etcd and containerd if needed; start etcd, "
+        "kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1 and a real node "
+        "(containerd, runc, a CNI bridge, a kubelet; one per machine, root needed); install the CRDs, "
         "start the webhook and register it, then print how to use the cluster with kubectl.",
     )
     parser.add_argument("--detach", action="store_true", help="return once ready and leave it running")
+    parser.add_argument(
+        "--no-node", action="store_true",
+        help="the control plane alone: no kubelet, containerd, scheduler or controller-manager; pods stay "
+        "Pending (no root needed, and several such clusters may run side by side)",
+    )  # fmt: skip
     parser.add_argument("--namespace", default=constants.DEFAULT_NAMESPACE, help="operator namespace")
     parser.add_argument(
         "--webhook-port", type=int, default=constants.WEBHOOK_PORT, help="webhook port on 127.0.0.1"

@@ -1,13 +1,16 @@
 """Fixtures: a real etcd + kube-apiserver per pytest session, a fresh namespace per test, and the
-webhook server registered with the apiserver by URL on 127.0.0.1."""
+webhook server registered with the apiserver by URL on 127.0.0.1; for tests marked `node`, the same
+with a real node (kubelet, containerd, scheduler, controller-manager), one per machine."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -24,8 +27,8 @@ from reconciler.webhook_config import (
     desired_mutating_configuration,
     desired_validating_configuration,
 )
-from spo import localcluster
-from spo.bringup import start_webhook
+from spo import localcluster, node
+from spo.bringup import start_webhook, stop_all
 from spo.processes import stop_process
 
 # The machines tests run on are shared and loaded: how long an example takes says nothing about the code,
@@ -121,3 +124,111 @@ def webhook_down(
         yield
     finally:
         register_webhooks(cluster, kube, serving.url)
+
+
+# Another test run (or a user's `spo up`) may hold the machine's node: wait for it rather than fail.
+NODE_LOCK_WAIT_SECONDS = 3600.0
+
+
+@dataclass
+class NodeCluster:
+    """A running control plane with a Ready node and the webhook registered."""
+
+    cluster: localcluster.ControlPlane
+    node: node.Node
+    kube: client.ApiClient
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cluster.kubeconfig
+
+    @property
+    def seccomp_dir(self) -> Path:
+        return self.node.paths.seccomp_dir
+
+
+@dataclass
+class NodeSlot:
+    """The session's node: started on first use, stopped to free the machine (for the tests that run
+    `spo up` themselves) and started again when a later test needs it."""
+
+    base: Path
+    running: NodeCluster | None = None
+    lock: node.NodeLock | None = None
+    generation: int = 0
+
+    def get(self) -> NodeCluster:
+        if self.running is None:
+            self.running = self._start()
+        return self.running
+
+    def _start(self) -> NodeCluster:
+        binaries, node_binaries = localcluster.binaries_dir(), node.node_binaries_dir()
+        missing = node.missing_prerequisites(binaries, node_binaries)
+        if missing:
+            pytest.skip(f"the node's prerequisites are missing: {', '.join(missing)}")
+        self.generation += 1
+        state = self.base / f"node-cluster-{self.generation}"
+        self.lock = node.NodeLock.acquire(state, wait=NODE_LOCK_WAIT_SECONDS)
+        cluster = localcluster.ControlPlane(
+            state,
+            binaries,
+            webhook_dns_names=certs.webhook_dns_names(constants.WEBHOOK_SERVICE, constants.DEFAULT_NAMESPACE),
+            node=True,
+        )
+        local_node = node.Node(cluster, node_binaries)
+        try:
+            cluster.start()
+            cluster.start_controllers()
+            local_node.start(self.lock)
+            kube = api_client(str(cluster.kubeconfig))
+            localcluster.install_crds(kube, manifests.crds.all_crds())
+            localcluster.ensure_namespace(kube, constants.DEFAULT_NAMESPACE)
+            server = start_webhook_server(cluster, localcluster.free_port())
+            register_webhooks(cluster, kube, server.url)
+        except BaseException:
+            self._stop(cluster, node_binaries)
+            raise
+        return NodeCluster(cluster, local_node, kube)
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self._stop(self.running.cluster, self.running.node.binaries)
+            self.running = None
+
+    def _stop(self, cluster: localcluster.ControlPlane, node_binaries: Path) -> None:
+        stop_all(cluster, node_binaries)
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+@pytest.fixture(scope="session")
+def node_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeSlot]:
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root")
+    slot = NodeSlot(tmp_path_factory.mktemp("node"))
+    yield slot
+    slot.stop()
+
+
+@pytest.fixture
+def node_cluster(node_slot: NodeSlot) -> NodeCluster:
+    return node_slot.get()
+
+
+@pytest.fixture
+def node_namespace(node_cluster: NodeCluster) -> str:
+    """A fresh namespace on the node's cluster, once its `default` service account exists (the
+    ServiceAccount admission plugin refuses pods until the controller-manager has made it)."""
+    name = f"n-{uuid.uuid4().hex[:10]}"
+    localcluster.ensure_namespace(node_cluster.kube, name)
+    core = client.CoreV1Api(node_cluster.kube)
+    node_cluster.cluster.wait_until(
+        lambda: any(
+            sa.metadata and sa.metadata.name == "default"
+            for sa in core.list_namespaced_service_account(name).items
+        ),
+        f"service account default in {name}",
+    )
+    return name
