@@ -12,6 +12,12 @@ K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
 
 log() { printf '[controlplane] %s\n' "$*" >&2; }
 
+# Two runs at once (setup and a test session, two test sessions) would race on the same files: the
+# second waits for the first, then finds the binaries built.
+mkdir -p "$OUT"
+exec 9>"$OUT/.build.lock"
+flock 9
+
 missing=()
 for command in "${K8S_COMMANDS[@]}"; do [ -x "$OUT/$command" ] || missing+=("$command"); done
 if [ "${#missing[@]}" -eq 0 ] && [ -x "$OUT/etcd" ]; then
@@ -21,7 +27,6 @@ if [ "${#missing[@]}" -eq 0 ] && [ -x "$OUT/etcd" ]; then
 fi
 
 command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
-mkdir -p "$OUT"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

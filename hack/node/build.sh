@@ -12,6 +12,12 @@ CONTAINERD_COMMANDS=(containerd ctr containerd-shim-runc-v2)
 
 log() { printf '[node] %s\n' "$*" >&2; }
 
+# Two runs at once (setup and a test session, two test sessions) would race on the same files: the
+# second waits for the first, then finds the binaries built.
+mkdir -p "$OUT"
+exec 9>"$OUT/.build.lock"
+flock 9
+
 missing=()
 for command in "${CONTAINERD_COMMANDS[@]}"; do [ -x "$OUT/$command" ] || missing+=("$command"); done
 if [ "${#missing[@]}" -eq 0 ] && [ -x "$OUT/crictl" ]; then
@@ -21,7 +27,6 @@ if [ "${#missing[@]}" -eq 0 ] && [ -x "$OUT/crictl" ]; then
 fi
 
 command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
-mkdir -p "$OUT"
 # No cgo: these tags drop the snapshotters that need it; overlayfs (the one the node uses) stays.
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 TAGS="no_btrfs no_devmapper no_zfs no_aufs osusergo netgo"
