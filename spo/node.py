@@ -33,6 +33,7 @@ from spo import localcluster
 from spo.images import ImageBuildError, build_node_images
 from spo.nodeconfig import (
     NodePaths,
+    bridge_commands,
     cni_conflist,
     containerd_config,
     empty_tables,
@@ -40,6 +41,7 @@ from spo.nodeconfig import (
     kubeconfig,
     kubelet_config,
     mounts_under,
+    pod_gateway,
     sysctl_path,
 )
 from spo.processes import stop_process
@@ -162,16 +164,13 @@ def lock_holder(path: str = constants.NODE_LOCK_FILE) -> str:
         return "unknown"
 
 
-def node_ip() -> str:
-    """The first global IPv4 address of the machine (the kubelet refuses a loopback node IP)."""
-    listing = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, check=True)
-    for link in json.loads(listing.stdout):
-        if link["ifname"] == constants.CNI_BRIDGE:
-            continue
-        for address in link.get("addr_info", []):
-            if address.get("scope") == "global":
-                return str(address["local"])
-    raise localcluster.ControlPlaneError("no global IPv4 address on this machine for the node")
+def create_bridge() -> str:
+    """The pods' bridge, up, with the gateway address; returns that address, the node's."""
+    for argv in bridge_commands():
+        made = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            raise localcluster.ControlPlaneError(f"{' '.join(argv)} failed: {made.stderr.strip()}")
+    return pod_gateway()
 
 
 @dataclass
@@ -241,7 +240,7 @@ class Node:
 
     def _start_kubelet(self, lock: NodeLock) -> None:
         paths, pki = self.paths, self.cluster.pki
-        address = node_ip()
+        address = create_bridge()
         pki.create_kubelet(self.name, [address])
         cert, key = pki.pair(localcluster.KUBELET_CLIENT)
         localcluster.write_yaml(

@@ -87,6 +87,20 @@ def pod_gateway(subnet: str = constants.POD_SUBNET) -> str:
     return str(next(ipaddress.ip_network(subnet).hosts()))
 
 
+def bridge_commands(subnet: str = constants.POD_SUBNET) -> list[list[str]]:
+    """`ip` commands that make the pods' bridge with its gateway address before the kubelet starts, so
+    the node's address is on the bridge `spo up` owns: no traffic of the node goes through (or depends on)
+    the machine's own interfaces. The CNI bridge plugin takes over a bridge that already carries exactly
+    its gateway address."""
+    network = ipaddress.ip_network(subnet)
+    bridge = constants.CNI_BRIDGE
+    return [
+        ["ip", "link", "add", bridge, "type", "bridge"],
+        ["ip", "addr", "add", f"{pod_gateway(subnet)}/{network.prefixlen}", "dev", bridge],
+        ["ip", "link", "set", bridge, "up"],
+    ]
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -11,6 +11,7 @@ import pytest
 from api import constants
 from spo.nodeconfig import (
     NodePaths,
+    bridge_commands,
     cni_conflist,
     containerd_config,
     empty_tables,
@@ -60,6 +61,14 @@ def test_cni_conflist_is_a_bridge_on_the_pod_subnet_without_masquerading() -> No
     (subnet_range,) = bridge["ipam"]["ranges"]
     assert subnet_range == [{"subnet": constants.POD_SUBNET, "gateway": pod_gateway()}]
     assert bridge["ipam"]["dataDir"] == "/state/node/cni/ipam"
+
+
+def test_the_bridge_is_made_with_exactly_the_gateway_the_cni_plugin_expects() -> None:
+    add_link, add_address, set_up = bridge_commands("10.1.2.0/24")
+    assert add_link == ["ip", "link", "add", constants.CNI_BRIDGE, "type", "bridge"]
+    # The bridge plugin accepts an existing address only if it is its gateway with the subnet's prefix.
+    assert add_address == ["ip", "addr", "add", "10.1.2.1/24", "dev", constants.CNI_BRIDGE]
+    assert set_up == ["ip", "link", "set", constants.CNI_BRIDGE, "up"]
 
 
 def test_pod_subnet_keeps_clear_of_the_service_range() -> None:
