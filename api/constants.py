@@ -138,6 +138,7 @@ SELINUX_POLICY_DIR: Final = "/etc/selinux.d"
 REFPOLICY_BASE_MODULE: Final = "/usr/share/selinux/default/base.pp.bz2"
 PP_TO_CIL: Final = "/usr/libexec/selinux/hll/pp"
 UDICA_TEMPLATES_DIR: Final = "usr/share/udica/templates"  # inside the udica Python distribution
+UDICA_BASE_TEMPLATE: Final = "base_container.cil"  # declares the `container` block
 AUDIT_LOG_PATH: Final = "/var/log/audit/audit.log"
 SYSLOG_PATH: Final = "/var/log/syslog"
 RECORDINGS_DIR: Final = "/tmp/security-profiles-operator-recordings"

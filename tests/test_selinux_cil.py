@@ -3,7 +3,8 @@ validation before anything is written."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
 import pytest
 
@@ -181,7 +182,7 @@ INJECTIONS = [
 
 def constructed(
     name: str = "p",
-    inherit: tuple[str, str] = ("System", "container"),
+    inherit: tuple[Literal["System", "SelinuxProfile"], str] = ("System", "container"),
     allow: dict[str, dict[str, list[str]]] | None = None,
 ) -> SelinuxProfile:
     """A profile built without the model's validators, as a stored object of an older CRD could be."""
@@ -191,7 +192,12 @@ def constructed(
         permissive=False,
         allow=allow,
     )
-    return SelinuxProfile.model_construct(metadata=ObjectMeta.model_construct(name=name), spec=spec)
+    return SelinuxProfile.model_construct(
+        api_version=HEADER["apiVersion"],
+        kind=SelinuxProfile.KIND,
+        metadata=ObjectMeta.model_construct(name=name),
+        spec=spec,
+    )
 
 
 def injection_cases() -> list[tuple[str, SelinuxProfile]]:
@@ -227,7 +233,7 @@ def test_the_models_reject_the_same_injections() -> None:
 
 
 def test_a_dotted_profile_name_is_not_a_block_name() -> None:
-    with pytest.raises(PolicyError, match="'.', which a CIL block name cannot contain"):
+    with pytest.raises(PolicyError, match=re.escape("'.', which a CIL block name cannot contain")):
         selinux_profile_policy(profile("nginx.secure"), ALLOWED, {})
 
 
@@ -268,6 +274,8 @@ def test_raw_policy_is_checked_again_with_the_webhooks_allow_list(policy: str, m
 
 def test_raw_profile_name_with_an_injection_is_rejected() -> None:
     bad = RawSelinuxProfile.model_construct(
+        api_version=HEADER["apiVersion"],
+        kind=RawSelinuxProfile.KIND,
         metadata=ObjectMeta.model_construct(name="r\n(typepermissive .init_t)"),
         spec=RawSelinuxProfileSpec.model_construct(disabled=False, policy="(blockinherit container)"),
     )
