@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from api import cil, constants, validation
-from api.types import RawSelinuxProfile, SelinuxProfile, selinux_usage
+from api.types import (
+    RawSelinuxProfile,
+    SecurityProfilesOperatorDaemon,
+    SelinuxOptions,
+    SelinuxProfile,
+    selinux_usage,
+)
 from webhooks.decisions.raw_selinux import policy_problem
 
 # The block every container policy builds on: it declares the `process` domain (udica's base_container.cil).
@@ -77,6 +83,12 @@ class Policy:
     text: str
     templates: tuple[str, ...] = ()
     ancestors: tuple[str, ...] = ()
+
+
+def allowed_system_profiles(spod: SecurityProfilesOperatorDaemon | None) -> list[str]:
+    """The system templates profiles may inherit: the spod's list, `container` when it says nothing."""
+    options = spod.spec.selinux_options if spod is not None else None
+    return (options or SelinuxOptions()).allowed_system_profiles
 
 
 def policy_name(name: str | None) -> str:

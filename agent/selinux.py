@@ -21,15 +21,24 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Final, Protocol
 
-from agent.cil import Policy, PolicyError, block_inherits, policy_name
+from agent.cil import (
+    CONTAINER_TEMPLATE,
+    Policy,
+    PolicyError,
+    allowed_system_profiles,
+    block_inherits,
+    policy_name,
+    raw_selinux_profile_policy,
+    selinux_profile_policy,
+)
 from api import cil, constants
-from api.types import ProfileState
+from api.types import ProfileState, RawSelinuxProfile, SecurityProfilesOperatorDaemon, SelinuxProfile
 
 SELINUX_MODE_SEMODULE: Final = "semodule"
 SELINUX_MODE_COMPILE_ONLY: Final = "compile-only"
@@ -252,11 +261,15 @@ class CompileOnly:
 
 
 class PolicyStore:
-    """The policy files of `<selinux-dir>` and the module each one is; `check` says how they are installed."""
+    """The policy files of `<selinux-dir>` and the module each one is; `check` says how they are installed,
+    `templates` (when the node has the template files) what each system template inherits."""
 
-    def __init__(self, directory: Path, check: PolicyCheck) -> None:
+    def __init__(
+        self, directory: Path, check: PolicyCheck, templates: ContainerTemplates | None = None
+    ) -> None:
         self.directory = directory
         self._check = check
+        self.templates = templates
 
     def path(self, name: str) -> Path:
         return self.directory / f"{policy_name(name)}{constants.SELINUX_POLICY_SUFFIX}"
@@ -284,7 +297,8 @@ class PolicyStore:
             if result.state == ProfileState.INSTALLED:
                 os.replace(staged, target)
                 _sync_directory(self.directory)
-            return result
+            # Tools name the staged file; the user knows the policy by its file name.
+            return PolicyResult(result.state, result.message.replace(str(staged), target.name))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -332,3 +346,46 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def open_store(
+    mode: str, directory: Path, work_dir: Path, templates_dir: Path | None = None, semodule: str = "semodule"
+) -> PolicyStore:
+    """The store for `--selinux-mode`: compile-only needs the container templates (udica's by default)."""
+    found = templates_dir or udica_templates_dir()
+    templates = ContainerTemplates.load(found) if found is not None else None
+    if mode == SELINUX_MODE_SEMODULE:
+        return PolicyStore(directory, Semodule(semodule), templates)
+    if mode == SELINUX_MODE_COMPILE_ONLY:
+        if templates is None or CONTAINER_TEMPLATE not in templates.sources:
+            raise ToolError(
+                f"--selinux-mode={mode} needs the container templates (the udica package); "
+                f"{found} has no block {CONTAINER_TEMPLATE}"
+            )
+        return PolicyStore(directory, CompileOnly(templates, work_dir), templates)
+    raise ToolError(f"unknown SELinux mode {mode!r}: one of {', '.join(SELINUX_MODES)}")
+
+
+def selinux_enabled(selinuxfs: Path = Path(constants.SELINUXFS)) -> bool:
+    """Whether the kernel runs SELinux: the agent's default mode is semodule then, compile-only otherwise."""
+    return (selinuxfs / "enforce").exists()
+
+
+def install_profile(
+    store: PolicyStore,
+    profile: SelinuxProfile | RawSelinuxProfile,
+    spod: SecurityProfilesOperatorDaemon | None,
+    profiles: Mapping[str, SelinuxProfile],
+) -> PolicyResult:
+    """Validate, translate and install one profile: the agent's one call per SelinuxProfile or
+    RawSelinuxProfile. `profiles` are the SelinuxProfiles that exist, by name (for `inherit`)."""
+    allowed = allowed_system_profiles(spod)
+    try:
+        if isinstance(profile, RawSelinuxProfile):
+            policy = raw_selinux_profile_policy(profile, allowed)
+        else:
+            inherits = store.templates.inherits if store.templates is not None else None
+            policy = selinux_profile_policy(profile, allowed, profiles, inherits)
+    except PolicyError as error:
+        return PolicyResult(ProfileState.ERROR, f"profile failed validation: {error}")
+    return store.install(policy)

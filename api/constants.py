@@ -133,6 +133,7 @@ KUBELET_DIR: Final = "/var/lib/kubelet"
 SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
 OPERATOR_ROOT: Final = "/var/lib/security-profiles-operator"
 SELINUX_POLICY_DIR: Final = "/etc/selinux.d"
+SELINUXFS: Final = "/sys/fs/selinux"  # has `enforce` when the kernel runs SELinux
 # Compile-only SELinux mode: Debian's reference policy base module and libselinux's .pp -> CIL converter
 # (packages selinux-policy-default and policycoreutils), and udica's container templates.
 REFPOLICY_BASE_MODULE: Final = "/usr/share/selinux/default/base.pp.bz2"

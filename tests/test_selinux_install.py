@@ -14,15 +14,21 @@ import pytest
 from agent.cil import Policy, raw_selinux_profile_policy, selinux_profile_policy
 from agent.selinux import (
     COMPILED_NOT_LOADED,
+    SELINUX_MODE_COMPILE_ONLY,
+    SELINUX_MODE_SEMODULE,
     STAGING_PREFIX,
     CompileOnly,
     ContainerTemplates,
     PolicyResult,
     PolicyStore,
     Semodule,
+    ToolError,
+    install_profile,
+    open_store,
+    selinux_enabled,
     udica_templates_dir,
 )
-from api.types import ProfileState, SelinuxProfile
+from api.types import ProfileState, SelinuxOptions, SelinuxProfile, default_spod
 from tests.test_selinux_cil import ALLOWED, docs_profile, profile, raw
 
 needs_secilc = pytest.mark.skipif(
@@ -44,8 +50,8 @@ def compiler(templates: ContainerTemplates, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture
-def store(compiler: CompileOnly, tmp_path: Path) -> PolicyStore:
-    return PolicyStore(tmp_path / "selinux.d", compiler)
+def store(compiler: CompileOnly, templates: ContainerTemplates, tmp_path: Path) -> PolicyStore:
+    return PolicyStore(tmp_path / "selinux.d", compiler, templates)
 
 
 def translate(
@@ -106,6 +112,8 @@ def test_an_unknown_permission_is_an_error_with_secilcs_message(
     assert result.state == ProfileState.ERROR
     assert "secilc failed" in result.message
     assert "Failed to resolve permission frobnicate" in result.message
+    # The message names the policy's file, not the staging directory it was checked in.
+    assert "typo.cil:" in result.message and STAGING_PREFIX not in result.message
     assert not store.path("typo").exists()
     assert os.listdir(store.directory) == []
 
@@ -277,3 +285,41 @@ def test_semodule_failure_is_an_error_with_its_message(tmp_path: Path, semodule:
     assert result.state == ProfileState.ERROR
     assert "semodule failed (exit code 1): Failed to resolve permission frobnicate" in result.message
     assert not store.path("bad").exists()
+
+
+@needs_secilc
+def test_install_profile_is_the_agents_one_call(store: PolicyStore) -> None:
+    spod = default_spod()
+    parent = docs_profile("nginx-secure")
+
+    installed = install_profile(store, parent, spod, {})
+    net_refused = install_profile(store, profile("net", inherit=[{"name": "net_container"}]), spod, {})
+    spod.spec.selinux_options = SelinuxOptions(allowed_system_profiles=["container", "net_container"])
+    net_allowed = install_profile(store, profile("net", inherit=[{"name": "net_container"}]), spod, {})
+    raw_profile = raw("my-raw", "(blockinherit container)\n(allow process my-raw.process (file (read)))")
+
+    assert installed == PolicyResult(ProfileState.INSTALLED, COMPILED_NOT_LOADED)
+    assert "not loaded" in COMPILED_NOT_LOADED and "compile-only" in COMPILED_NOT_LOADED
+    assert net_refused.state == ProfileState.ERROR
+    assert net_refused.message.startswith("profile failed validation: system profile net_container not in")
+    assert net_allowed.state == ProfileState.INSTALLED
+    assert install_profile(store, raw_profile, spod, {}).state == ProfileState.INSTALLED
+    assert store.installed() == {"nginx-secure", "net", "my-raw"}
+
+
+def test_open_store_by_mode(tmp_path: Path) -> None:
+    compile_only = open_store(SELINUX_MODE_COMPILE_ONLY, tmp_path / "d", tmp_path)
+    semodule = open_store(SELINUX_MODE_SEMODULE, tmp_path / "d", tmp_path)
+
+    assert compile_only.templates is not None and "container" in compile_only.templates.sources
+    assert semodule.templates is not None
+    with pytest.raises(ToolError, match="unknown SELinux mode 'enforcing'"):
+        open_store("enforcing", tmp_path / "d", tmp_path)
+    with pytest.raises(ToolError, match="needs the container templates"):
+        open_store(SELINUX_MODE_COMPILE_ONLY, tmp_path / "d", tmp_path, templates_dir=tmp_path / "none")
+
+
+def test_selinux_enabled_reads_selinuxfs(tmp_path: Path) -> None:
+    assert not selinux_enabled(tmp_path)
+    (tmp_path / "enforce").write_text("1")
+    assert selinux_enabled(tmp_path)
