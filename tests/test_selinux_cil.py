@@ -7,6 +7,8 @@ import re
 from typing import Any, Literal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.cil import (
     PolicyError,
@@ -287,3 +289,48 @@ def test_block_inherits_reads_top_level_statements() -> None:
     statements = cil.parse("(blockinherit a) (type t) (blockinherit b) (block c (blockinherit d))")
 
     assert block_inherits(statements) == ["a", "b"]
+
+
+# Characters that mean something to CIL or to a path, mixed with plain identifier characters.
+_TEXT = st.one_of(
+    st.sampled_from(["a", "a-b", "a.b", "@self", "0"]),
+    st.text(alphabet=st.sampled_from(list("ab.-_0@ ()\"';\n\r\t/\\")), max_size=8),
+)
+
+
+def _shape(node: cil.Node) -> object:
+    """A parsed statement as nested lists of its symbols (strings become a marker that never matches)."""
+    if isinstance(node, cil.Atom):
+        return ("quoted", node.text) if node.quoted else node.text
+    return [_shape(item) for item in node.items]
+
+
+POSITIONS = ("name", "system", "parent", "label", "class_name", "permission")
+
+
+@given(position=st.sampled_from(POSITIONS), text=_TEXT)
+def test_no_identifier_adds_a_statement(position: str, text: str) -> None:
+    """Whatever text lands in any one identifier, the output is refused or one block of upstream's shape."""
+    ids = dict.fromkeys(POSITIONS, "a") | {"name": "p", "parent": "q", "label": "@self", position: text}
+    allow = {ids["label"]: {ids["class_name"]: [ids["permission"]]}}
+    candidates = [
+        constructed(ids["name"], ("System", ids["system"]), allow),
+        constructed(ids["name"], ("SelinuxProfile", ids["parent"])),
+    ]
+    target = f"{ids['name']}.process" if ids["label"] == "@self" else ids["label"]
+    expected = [
+        ["blockinherit", "container"],
+        ["blockinherit", ids["system"]],
+        ["blockinherit", ids["parent"]],
+        ["allow", "process", target, [ids["class_name"], [ids["permission"]]]],
+    ]
+    for candidate in candidates:
+        try:
+            policy = selinux_profile_policy(candidate, [ids["system"]], {ids["parent"]: profile("q")}).text
+        except PolicyError:
+            continue
+        (block,) = cil.parse(policy)
+        shape = _shape(block)
+        assert isinstance(shape, list)
+        assert shape[:2] == ["block", ids["name"]]
+        assert all(statement in expected for statement in shape[2:]), policy
