@@ -165,7 +165,7 @@ def _inherit_line(block: str) -> str:
 
 
 def _profile_parents(profile: SelinuxProfile) -> list[str]:
-    return [ref.name for ref in profile.spec.inherit if ref.kind == KIND_SELINUX_PROFILE]
+    return list(dict.fromkeys(ref.name for ref in profile.spec.inherit if ref.kind == KIND_SELINUX_PROFILE))
 
 
 def _inherits(
@@ -184,7 +184,8 @@ def _inherits(
                     f"system profile {ref.name} not in SecurityProfilesOperatorDaemon's allow list: "
                     "system profile not allowed"
                 )
-            system.append(ref.name)
+            if ref.name not in system:  # a second copy of a block is a re-declaration in CIL
+                system.append(ref.name)
         elif ref.kind != KIND_SELINUX_PROFILE:
             raise PolicyError(f"unknown inherit kind {ref.kind!r} for entry {ref.name}")
     ancestors: dict[str, None] = {}

@@ -104,6 +104,17 @@ def test_a_template_that_inherits_container_is_not_joined_by_a_second_container(
     assert known.templates == ("container", "net_container")
 
 
+def test_an_inherit_listed_twice_is_inherited_once() -> None:
+    twice = [{"name": "net_container"}, {"name": "net_container"}]
+    parents = [{"kind": "SelinuxProfile", "name": "a"}, {"kind": "SelinuxProfile", "name": "a"}]
+
+    system = selinux_profile_policy(profile("p", inherit=twice), ALLOWED, {}, UDICA_INHERITS)
+    child = selinux_profile_policy(profile("p", inherit=parents), ALLOWED, {"a": profile("a")})
+
+    assert system.text == "(block p\n(blockinherit net_container)\n)\n"
+    assert child.text == "(block p\n(blockinherit a)\n)\n"
+
+
 def test_a_selinux_profile_inherit_replaces_container_and_brings_its_templates() -> None:
     parent = profile("parent", inherit=[{"name": "net_container"}])
     middle = profile("middle", inherit=[{"kind": "SelinuxProfile", "name": "parent"}])
