@@ -308,26 +308,36 @@ class PolicyStore:
         except PolicyError as error:
             return PolicyResult(ProfileState.ERROR, str(error))
         result = self._check.remove(name)
-        if result.state != ProfileState.ERROR:
-            target.unlink(missing_ok=True)
+        if result.state != ProfileState.ERROR and target.exists():
+            target.unlink()
             _sync_directory(self.directory)
         return result
 
     def installed(self) -> set[str]:
-        """The names of the policy files in the directory (what a restart reconciles against)."""
+        """The policy names of the files in the directory, what a restart reconciles against. Other
+        components may keep policies there too (upstream's selinuxd.cil): the caller knows which are ours."""
         if not self.directory.is_dir():
             return set()
-        return {
+        names = {
             path.name.removesuffix(constants.SELINUX_POLICY_SUFFIX)
             for path in self.directory.glob(f"*{constants.SELINUX_POLICY_SUFFIX}")
             if path.is_file()
         }
+        return {name for name in names if _is_policy_name(name)}
 
     def sweep(self) -> None:
         """Remove the staging directories a crash left behind; none of them is ever an installed policy."""
         if self.directory.is_dir():
             for leftover in self.directory.glob(f"{STAGING_PREFIX}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _is_policy_name(name: str) -> bool:
+    try:
+        policy_name(name)
+    except PolicyError:
+        return False
+    return True
 
 
 def _write_file(path: Path, data: bytes) -> None:

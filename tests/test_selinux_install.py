@@ -216,15 +216,19 @@ def test_a_refused_policy_leaves_no_file(tmp_path: Path) -> None:
 
 def test_remove_and_sweep(tmp_path: Path) -> None:
     directory = tmp_path / "selinux.d"
-    store = PolicyStore(directory, Observer(directory, PolicyResult(ProfileState.INSTALLED, "installed")))
+    check = Observer(directory, PolicyResult(ProfileState.INSTALLED, "installed"))
+    store = PolicyStore(directory, check)
     store.install(Policy("p", "(block p)\n"))
     (directory / f"{STAGING_PREFIX}crashed").mkdir()
     (directory / f"{STAGING_PREFIX}crashed" / "q.cil").write_text("(block q")
+    (directory / "not.a.profile.cil").write_text("(block x)")
 
     assert store.installed() == {"p"}
     store.sweep()
     assert store.remove("p") == PolicyResult(ProfileState.TERMINATING, "removed")
-    assert os.listdir(directory) == []
+    assert store.remove("p") == PolicyResult(ProfileState.TERMINATING, "removed")  # already gone: fine
+    assert os.listdir(directory) == ["not.a.profile.cil"]
+    assert PolicyStore(tmp_path / "never-made", check).remove("p").state == ProfileState.TERMINATING
 
 
 @pytest.mark.parametrize("name", ["../escape", "p\n", "a/b", "x)(y", ".."])
