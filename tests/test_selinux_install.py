@@ -29,6 +29,8 @@ from agent.selinux import (
     udica_templates_dir,
 )
 from api.types import ProfileState, SelinuxOptions, SelinuxProfile, default_spod
+from tests.raw_selinux_corpus import ACCEPTED
+from tests.raw_selinux_corpus import Policy as CorpusPolicy
 from tests.test_selinux_cil import ALLOWED, docs_profile, profile, raw
 
 needs_secilc = pytest.mark.skipif(
@@ -327,3 +329,12 @@ def test_selinux_enabled_reads_selinuxfs(tmp_path: Path) -> None:
     assert not selinux_enabled(tmp_path)
     (tmp_path / "enforce").write_text("1")
     assert selinux_enabled(tmp_path)
+
+
+@needs_secilc
+@pytest.mark.parametrize("corpus", ACCEPTED, ids=lambda policy: policy.id)
+def test_raw_policies_the_webhook_accepts_install(store: PolicyStore, corpus: CorpusPolicy) -> None:
+    """What admission lets through, the agent installs: its own check and the compile agree."""
+    result = install_profile(store, raw(corpus.block, corpus.text), default_spod(), {})
+
+    assert result == PolicyResult(ProfileState.INSTALLED, COMPILED_NOT_LOADED)
