@@ -227,3 +227,8 @@ NODE_HOST_DIRS: Final = (
     CONTAINER_LOG_LINKS_DIR,
     "/run/mount",
 )
+
+# --- reconciler ---------------------------------------------------------------------------------
+# The field manager of every server-side apply the reconciler makes: it owns exactly those fields.
+FIELD_MANAGER: Final = "security-profiles-operator"
+LEADER_LEASE: Final = "security-profiles-operator-lock"  # upstream's leader election id
