@@ -252,3 +252,11 @@ SPOD_CONDITION_READY: Final = "Ready"
 EVENT_REASON_INVALID_SPOD: Final = "InvalidConfiguration"
 SPOD_METRICS_PORT: Final = 9443
 SPOD_HEALTH_PORT: Final = 8085
+
+# --- profile status, deletion protection, recording merge (reconciler) ----------------------------
+CONDITION_READY: Final = "Ready"
+# `<node>-deleted` is cut so the finalizer stays within 63 characters (upstream: nodeName[:55]).
+NODE_FINALIZER_MAX_NODE_CHARS: Final = 55
+# One Lease per node in the operator's namespace, renewed by that node's agent: the reconciler counts the
+# nodes that must report a profile's status from the Leases that are not expired.
+HEARTBEAT_LEASE_PREFIX: Final = "spod-heartbeat-"

@@ -511,6 +511,19 @@ def seccomp_localhost_profile(profile_name: str) -> str:
     return f"{constants.SECCOMP_OPERATOR_DIR}/{file_name}"
 
 
+def node_finalizer(node_name: str) -> str:
+    """The finalizer by which a node's agent holds a profile until its file is gone from that node."""
+    return f"{node_name[: constants.NODE_FINALIZER_MAX_NODE_CHARS]}{constants.FINALIZER_NODE_DELETED_SUFFIX}"
+
+
+def node_status_name(profile_name: str, node_name: str) -> str:
+    return f"{profile_name}-{node_name}"
+
+
+def heartbeat_lease_name(node_name: str) -> str:
+    return f"{constants.HEARTBEAT_LEASE_PREFIX}{node_name}"
+
+
 def selinux_usage(profile_name: str) -> str:
     """The SELinux type a workload sets in seLinuxOptions.type to run under the profile."""
     return f"{profile_name}{constants.SELINUX_TYPE_SUFFIX}"
