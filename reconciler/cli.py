@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import constants
 from api.kube import api_client
 from reconciler import spod as spod_config
+from reconciler.profiles_controller import ProfileControllers
 from reconciler.runtime import LeaderElector, LeaseTiming, Manager
 from reconciler.spod_controller import (
     Settings,
@@ -135,6 +136,11 @@ def build_manager(args: argparse.Namespace) -> Manager:
     for cache in spods.caches():
         manager.cache(cache)
     manager.add(spods.controller())
+    profiles = ProfileControllers(api, args.namespace)
+    for cache in profiles.caches():
+        manager.cache(cache)
+    for controller in profiles.controllers():
+        manager.add(controller)
     return manager
 
 

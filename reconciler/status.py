@@ -59,6 +59,21 @@ def alive_nodes(leases: Iterable[Mapping[str, Any]], now: datetime.datetime) -> 
     return frozenset(alive)
 
 
+def next_expiry(leases: Iterable[Mapping[str, Any]], now: datetime.datetime) -> float | None:
+    """Seconds until the first heartbeat Lease still alive expires, None when none is alive."""
+    left = []
+    for lease in leases:
+        spec = lease.get("spec") or {}
+        renewed = _parse_time(spec.get("renewTime"))
+        duration = spec.get("leaseDurationSeconds")
+        if renewed is not None and isinstance(duration, int):
+            remaining = (renewed + datetime.timedelta(seconds=duration) - now).total_seconds()
+            if remaining >= 0:
+                left.append(remaining)
+    # Just past the expiry, so that the Lease is seen expired then.
+    return min(left) + 1.0 if left else None
+
+
 def _parse_time(value: object) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime):
         return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)

@@ -26,12 +26,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
 
 from api import constants
 from api.types import (
-    ObjectMeta,
+    KubernetesObject,
     ProfileBinding,
     SeccompProfile,
     seccomp_localhost_profile,
@@ -68,13 +67,12 @@ def recording_reference(namespace: str, recording: str) -> str:
     return f"{namespace}/{recording}"
 
 
-class PodSummary(BaseModel):
+class PodSummary(KubernetesObject):
     """What the reconciler keeps of a pod: its identity, the profiles it references, its images and
     the recordings it is annotated for."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
-    metadata: ObjectMeta
     references: frozenset[str] = Field(default_factory=frozenset)
     images: frozenset[str] = Field(default_factory=frozenset)
     recordings: frozenset[str] = Field(default_factory=frozenset)
@@ -86,6 +84,8 @@ class PodSummary(BaseModel):
             return raw
         metadata = raw.get("metadata") or {}
         return {
+            "apiVersion": raw.get("apiVersion"),
+            "kind": raw.get("kind"),
             "metadata": {
                 key: metadata.get(key)
                 for key in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
