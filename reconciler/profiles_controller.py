@@ -283,7 +283,9 @@ class ProfileControllers:
     def _book(
         self, kind: ResourceKind, obj: ProfileBinding | ProfileRecording, users: tuple[str, ...], lock: str
     ) -> None:
-        fields: dict[str, Any] = {"activeWorkloads": list(users)} if users else {}
+        # Kept as an empty list: applying no status field at all would leave a null status, which the
+        # schema refuses.
+        fields: dict[str, Any] = {"activeWorkloads": list(users)}
         resource_version = self._write_status(kind, obj, fields)
         books = workloads.bookkeeping(users, lock, obj.metadata.finalizers or ())
         self._write_finalizers(kind, obj, books, resource_version)
@@ -309,7 +311,7 @@ class ProfileControllers:
         mine = {k: current[k] for k in fields.keys() | {"activeWorkloads"} if k in current}
         if _essence(mine) == _essence(fields):
             return str(obj.metadata.resource_version)
-        _keep_transition_times(fields.get("conditions", []), obj.status.conditions if obj.status else None)
+        _keep_transition_times(fields.get("conditions", []), getattr(obj.status, "conditions", None))
         stored = apply(self.api, kind, _status_write(kind, obj, fields), subresource="status")
         return str(stored["metadata"]["resourceVersion"])
 

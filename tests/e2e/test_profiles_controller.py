@@ -248,3 +248,107 @@ def test_recording_merge_of_partial_profiles(
     _objects(kube).patch_namespaced_custom_object(
         pr.group, pr.version, namespace, pr.plural, recording, {"metadata": {"finalizers": None}}
     )
+
+
+def _namespaced(
+    kube: client.ApiClient, kind: kinds.ResourceKind, namespace: str, name: str
+) -> dict[str, Any]:
+    return cast(
+        dict[str, Any],
+        _objects(kube).get_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name),
+    )
+
+
+def test_binding_and_recording_list_their_pods_and_hold_a_lock_while_they_run(
+    controllers: Manager, kube: client.ApiClient, namespace: str
+) -> None:
+    profile = f"bound-{uuid.uuid4().hex[:8]}"
+    _create_profile(kube, profile)
+    pb, pr = kinds.PROFILE_BINDING, kinds.PROFILE_RECORDING
+    binding = {
+        "apiVersion": pb.api_version,
+        "kind": pb.kind,
+        "metadata": {"name": "b"},
+        "spec": {"profileRef": {"kind": "SeccompProfile", "name": profile}, "image": "nginx"},
+    }
+    _objects(kube).create_namespaced_custom_object(pb.group, pb.version, namespace, pb.plural, binding)
+    recording = {
+        "apiVersion": pr.api_version,
+        "kind": pr.kind,
+        "metadata": {"name": "rec"},
+        "spec": {"kind": "SeccompProfile", "recorder": "logs", "podSelector": {}},
+    }
+    _objects(kube).create_namespaced_custom_object(pr.group, pr.version, namespace, pr.plural, recording)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "app",
+            "annotations": {f"{constants.ANNOTATION_TRACE_LOGS_PREFIX}c": "rec_c_bcdfg_1700000000"},
+        },
+        "spec": _pod_spec("container", f"operator/{profile}.json"),
+    }
+    client.CoreV1Api(kube).create_namespaced_pod(namespace, pod)  # type: ignore[arg-type]
+
+    def listed(kind: kinds.ResourceKind, name: str, workloads: list[str], lock: str) -> bool:
+        obj = _namespaced(kube, kind, namespace, name)
+        held = lock in (obj["metadata"].get("finalizers") or [])
+        return (obj.get("status") or {}).get("activeWorkloads") == workloads and held == bool(workloads)
+
+    eventually(
+        lambda: listed(pb, "b", [f"{namespace}/app"], constants.FINALIZER_ACTIVE_WORKLOAD), what="binding"
+    )
+    eventually(lambda: listed(pr, "rec", ["app"], constants.FINALIZER_RECORDING_LOCK), what="recording")
+    client.CoreV1Api(kube).delete_namespaced_pod("app", namespace, grace_period_seconds=0)
+    eventually(lambda: listed(pb, "b", [], constants.FINALIZER_ACTIVE_WORKLOAD), what="binding released")
+    eventually(lambda: listed(pr, "rec", [], constants.FINALIZER_RECORDING_LOCK), what="recording released")
+
+
+def test_profiles_breaking_the_allowed_syscalls_are_deleted_and_one_in_use_waits(
+    controllers: Manager, kube: client.ApiClient, namespace: str, operator_namespace: str
+) -> None:
+    allowed = f"ok-{uuid.uuid4().hex[:8]}"
+    broken = f"bpf-{uuid.uuid4().hex[:8]}"
+    in_use = f"busy-{uuid.uuid4().hex[:8]}"
+    exit_only = {"syscalls": [{"action": "SCMP_ACT_ALLOW", "names": ["exit"]}]}
+    _create_profile(kube, allowed, spec=exit_only)
+    for name in (broken, in_use):
+        _create_profile(
+            kube, name, spec={"syscalls": [{"action": "SCMP_ACT_ALLOW", "names": ["bpf", "exit"]}]}
+        )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "busy"},
+        "spec": _pod_spec("pod", f"operator/{in_use}.json"),
+    }
+    client.CoreV1Api(kube).create_namespaced_pod(namespace, pod)  # type: ignore[arg-type]
+    eventually(
+        lambda: (
+            constants.FINALIZER_IN_USE in ((_profile(kube, in_use) or {})["metadata"].get("finalizers") or [])
+        ),
+        what="in use",
+    )
+    spod = kinds.SPOD
+    body = {
+        "apiVersion": spod.api_version,
+        "kind": spod.kind,
+        "metadata": {"name": constants.SPOD_NAME},
+        "spec": {"allowedSyscalls": ["exit", "exit_group", "futex", "nanosleep"]},
+    }
+    _objects(kube).create_namespaced_custom_object(
+        spod.group, spod.version, operator_namespace, spod.plural, body
+    )
+    try:
+        eventually(lambda: _profile(kube, broken) is None, what="the profile allowing bpf deleted")
+        eventually(
+            lambda: ((_profile(kube, in_use) or {}).get("status") or {}).get("status") == "Terminating",
+            what="the one in use Terminating",
+        )
+        assert _profile(kube, allowed) is not None
+        client.CoreV1Api(kube).delete_namespaced_pod("busy", namespace, grace_period_seconds=0)
+        eventually(lambda: _profile(kube, in_use) is None, what="deleted once its pod is gone")
+    finally:
+        _objects(kube).delete_namespaced_custom_object(
+            spod.group, spod.version, operator_namespace, spod.plural, constants.SPOD_NAME
+        )
