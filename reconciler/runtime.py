@@ -111,6 +111,39 @@ def delete(api: client.ApiClient, kind: BuiltinKind | ResourceKind, name: str, n
     return True
 
 
+def remove_finalizer(
+    api: client.ApiClient, kind: BuiltinKind | ResourceKind, obj: Any, finalizer: str
+) -> bool:
+    """Remove one finalizer from a parsed object, as a JSON patch guarded by its uid and the entry's
+    position: never re-creates an object already gone (an apply would) and never removes another's
+    entry if the list changed meanwhile (the test fails with 422 and the caller retries). False
+    when the object or the finalizer is already gone."""
+    finalizers = list(obj.metadata.finalizers or [])
+    if finalizer not in finalizers:
+        return False
+    index = finalizers.index(finalizer)
+    patch = [
+        {"op": "test", "path": "/metadata/uid", "value": obj.metadata.uid},
+        {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+        {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+    ]
+    objects = client.CustomObjectsApi(api)
+    args: tuple[str, ...] = (kind.group, kind.version)
+    if kind.namespaced:
+        args += (obj.metadata.namespace,)
+    args += (kind.plural, obj.metadata.name)
+    scope = "namespaced" if kind.namespaced else "cluster"
+    try:
+        getattr(objects, f"patch_{scope}_custom_object")(
+            *args, patch, _content_type="application/json-patch+json"
+        )
+    except ApiException as error:
+        if error.status == _HTTP_NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 # --- work queue ------------------------------------------------------------------------------------
 
 

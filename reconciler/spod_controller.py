@@ -23,7 +23,8 @@ from api.kube import ResourceCache
 from api.types import KubernetesObject, SecurityProfilesOperatorDaemon, SPODStatus, default_spod
 from reconciler import spod as spod_config
 from reconciler.drift import needs_apply
-from reconciler.runtime import Controller, Watch, apply, delete, split_key
+from reconciler.runtime import Controller, Watch, apply, remove_finalizer, split_key
+from reconciler.uninstall import remove_operator_objects
 from reconciler.webhook_config import (
     Endpoint,
     desired_mutating_configuration,
@@ -174,7 +175,8 @@ class SpodReconciler:
         ]
         for cache, configuration in desired:
             live = cache.get(configuration["metadata"]["name"])
-            if needs_apply(configuration, live.model_dump(by_alias=True) if live is not None else None):
+            observed = live.model_dump(by_alias=True, exclude_none=True) if live is not None else None
+            if needs_apply(configuration, observed):
                 log.info("applying %s", configuration["metadata"]["name"])
                 apply(self.api, kind_of(configuration), configuration)
 
@@ -216,9 +218,7 @@ class SpodReconciler:
     def _clean_up(self, spod: SecurityProfilesOperatorDaemon) -> None:
         """The spod is being deleted: take away what it configured, webhooks first (see uninstall)."""
         remove_operator_objects(self.api, self.settings.namespace, daemonset=self.settings.manage_daemonset)
-        if constants.FINALIZER_SPOD in (spod.metadata.finalizers or []):
-            # Applying without the finalizer drops the one entry we own; others' finalizers stay.
-            apply(self.api, kinds.SPOD, self._identity(spod.metadata.name or constants.SPOD_NAME, []))
+        remove_finalizer(self.api, kinds.SPOD, spod, constants.FINALIZER_SPOD)
 
     # --- status and events ------------------------------------------------------------------------
 
@@ -281,12 +281,3 @@ def _same(current: SPODStatus, wanted: SPODStatus) -> bool:
         )
 
     return essence(current) == essence(wanted)
-
-
-def remove_operator_objects(api: client.ApiClient, namespace: str, *, daemonset: bool = True) -> None:
-    """Remove what the reconciler creates, the webhook configurations first: once they are gone no
-    pod creation can wait on a webhook that is about to disappear (OCPBUGS-4687)."""
-    delete(api, kinds.MUTATING_WEBHOOK_CONFIGURATION, constants.MUTATING_WEBHOOK_CONFIGURATION)
-    delete(api, kinds.VALIDATING_WEBHOOK_CONFIGURATION, constants.VALIDATING_WEBHOOK_CONFIGURATION)
-    if daemonset:
-        delete(api, kinds.DAEMON_SET, constants.SPOD_NAME, namespace)
