@@ -13,6 +13,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from kubernetes import client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import constants
@@ -163,11 +164,17 @@ def build_manager(args: argparse.Namespace) -> Manager:
         timing = LeaseTiming(duration, duration * 2 / 3, duration * 2 / 15)
         elector = LeaderElector(api, args.namespace, identity, timing)
     manager = Manager(elector=elector)
+    register_controllers(manager, api, settings)
+    return manager
+
+
+def register_controllers(manager: Manager, api: client.ApiClient, settings: Settings) -> None:
+    """Every controller the reconciler runs, with the caches it reads: add new ones here (the guide
+    is the docstring of reconciler/runtime.py)."""
     spods = SpodReconciler(api, settings)
     for cache in spods.caches():
         manager.cache(cache)
     manager.add(spods.controller())
-    return manager
 
 
 def run(args: argparse.Namespace) -> int:
