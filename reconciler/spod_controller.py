@@ -62,7 +62,13 @@ def ca_bundle_from_secret(api: client.ApiClient, namespace: str) -> Callable[[],
 
     def read() -> str:
         secret = core.read_namespaced_secret(constants.WEBHOOK_CERT_SECRET, namespace)
-        return str((secret.data or {})[constants.CA_CERT_FILE])
+        bundle = (secret.data or {}).get(constants.CA_CERT_FILE)
+        if not bundle:
+            raise ValueError(
+                f"Secret {namespace}/{constants.WEBHOOK_CERT_SECRET} has no {constants.CA_CERT_FILE}: "
+                "add the CA certificate there, or start the reconciler with --ca-file"
+            )
+        return str(bundle)
 
     return read
 
