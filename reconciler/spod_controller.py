@@ -23,7 +23,7 @@ from api.kube import ResourceCache
 from api.types import KubernetesObject, SecurityProfilesOperatorDaemon, SPODStatus, default_spod
 from reconciler import spod as spod_config
 from reconciler.drift import needs_apply
-from reconciler.runtime import Controller, Watch, apply, remove_finalizer, split_key
+from reconciler.runtime import Controller, Watch, add_finalizer, apply, remove_finalizer, split_key
 from reconciler.uninstall import remove_operator_objects
 from reconciler.webhook_config import (
     Endpoint,
@@ -140,7 +140,7 @@ class SpodReconciler:
         if spod.metadata.deletion_timestamp:
             self._clean_up(spod)
             return None
-        self._ensure_finalizer(spod)
+        add_finalizer(self.api, kinds.SPOD, spod, constants.FINALIZER_SPOD)
         found = spod_config.problems(spod.spec)
         log_volume = None
         if self.settings.manage_daemonset and spod.spec.enable_json_enricher:
@@ -207,18 +207,8 @@ class SpodReconciler:
                 raise
         self._created_default = True
 
-    def _ensure_finalizer(self, spod: SecurityProfilesOperatorDaemon) -> None:
-        if constants.FINALIZER_SPOD not in (spod.metadata.finalizers or []):
-            apply(
-                self.api,
-                kinds.SPOD,
-                self._identity(spod.metadata.name or constants.SPOD_NAME, [constants.FINALIZER_SPOD]),
-            )
-
-    def _identity(self, name: str, finalizers: list[str] | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": name, "namespace": self.settings.namespace}
-        if finalizers is not None:
-            metadata["finalizers"] = finalizers
+    def _identity(self, name: str) -> dict[str, Any]:
+        metadata = {"name": name, "namespace": self.settings.namespace}
         return {"apiVersion": kinds.SPOD.api_version, "kind": kinds.SPOD.kind, "metadata": metadata}
 
     def _clean_up(self, spod: SecurityProfilesOperatorDaemon) -> None:

@@ -298,3 +298,19 @@ def test_uninstall_leaves_no_webhook_configuration_and_pods_can_be_created(
         "spec": {"containers": [{"name": "c", "image": "nginx"}]},
     }
     kubectl(reconciler.cluster.kubeconfig, "-n", labelled, "create", "-f", "-", stdin=yaml.safe_dump(pod))
+
+
+def test_deleting_the_spod_removes_the_webhook_configurations_and_it_stays_deleted(
+    reconciler: Reconciler,
+) -> None:
+    reconciler.wait_configured(SPODSpec.model_validate(default_spod_dict()["spec"]))
+    kubectl(
+        reconciler.cluster.kubeconfig, "-n", reconciler.namespace, "delete", "spod", "spod", "--wait=false"
+    )
+    eventually(lambda: reconciler.spod() is None, what="the spod released by its finalizer")
+    assert reconciler.mutating() is None
+    before = reconciler.reconciles()
+    reconciler.manager.controllers[0].enqueue(f"{reconciler.namespace}/spod")
+    eventually(lambda: reconciler.reconciles() > before, what="another pass")
+    assert reconciler.spod() is None, "a deleted spod was re-created"
+    assert reconciler.mutating() is None
