@@ -91,7 +91,9 @@ class SpodReconciler:
             api, kinds.VALIDATING_WEBHOOK_CONFIGURATION, KubernetesObject
         )
         self.daemonsets: ResourceCache[KubernetesObject] | None = (
-            ResourceCache(api, kinds.DAEMON_SET, KubernetesObject) if settings.manage_daemonset else None
+            ResourceCache(api, kinds.DAEMON_SET, KubernetesObject, settings.namespace)
+            if settings.manage_daemonset
+            else None
         )
         self._created_default = False
 
