@@ -173,7 +173,7 @@ class ResourceCache(Generic[R]):
             self._reindex()
         self._synced.set()
         # A re-list after 410 Gone may hide deletions the watch missed: report those too.
-        changed = [o for k, o in fresh.items() if previous.get(k) is not o]
+        changed = [o for k, o in fresh.items() if _version(previous.get(k)) != o.metadata.resource_version]
         self._notify(changed + [o for k, o in previous.items() if k not in fresh])
         return str(listing["metadata"]["resourceVersion"])
 
@@ -240,6 +240,10 @@ def _by_namespace(objects: Iterable[T], namespace_of: Callable[[T], str]) -> dic
     for obj in objects:
         grouped.setdefault(namespace_of(obj), []).append(obj)
     return {ns: tuple(objs) for ns, objs in grouped.items()}
+
+
+def _version(obj: Resource | KubernetesObject | None) -> str | None:
+    return obj.metadata.resource_version if obj is not None else None
 
 
 def _raw_key(raw: dict[str, Any]) -> str:
