@@ -70,11 +70,18 @@ class ResourceCache(Generic[R]):
     `label_selector` restricts what is listed and watched (the pod watch under memory optimisation)."""
 
     def __init__(
-        self, api: client.ApiClient, kind: Watchable, model: type[R], label_selector: str | None = None
+        self,
+        api: client.ApiClient,
+        kind: Watchable,
+        model: type[R],
+        namespace: str | None = None,
+        label_selector: str | None = None,
     ) -> None:
+        """``namespace``: watch that namespace only (where a Role, not a ClusterRole, grants reading)."""
         self._api = api
         self._custom = client.CustomObjectsApi(api)
         self._kind = kind
+        self._namespace = namespace
         self._model = model
         self._label_selector = label_selector
         self._objects: dict[str, R] = {}
@@ -171,13 +178,20 @@ class ResourceCache(Generic[R]):
     def _list_call(self, **kwargs: Any) -> Any:
         if self._label_selector:
             kwargs["label_selector"] = self._label_selector
-        if self._kind.group:
-            return self._custom.list_cluster_custom_object(
-                self._kind.group, self._kind.version, self._kind.plural, **kwargs
+        if not self._kind.group:
+            # The core group has no generic list in the client, only methods per kind (pods here).
+            core = client.CoreV1Api(self._api)
+            kind = self._kind.kind.lower()
+            if self._namespace is not None:
+                return getattr(core, f"list_namespaced_{kind}")(self._namespace, **kwargs)
+            return getattr(core, f"list_{kind}_for_all_namespaces")(**kwargs)
+        if self._namespace is not None:
+            return self._custom.list_namespaced_custom_object(
+                self._kind.group, self._kind.version, self._namespace, self._kind.plural, **kwargs
             )
-        # The core group has no generic list in the client, only one method per kind (pods here).
-        core = client.CoreV1Api(self._api)
-        return getattr(core, f"list_{self._kind.kind.lower()}_for_all_namespaces")(**kwargs)
+        return self._custom.list_cluster_custom_object(
+            self._kind.group, self._kind.version, self._kind.plural, **kwargs
+        )
 
     def _list(self) -> str:
         # Undecoded: the core client would build its typed models of every object, only to be dropped.
@@ -194,7 +208,7 @@ class ResourceCache(Generic[R]):
             else:
                 fresh[_raw_key(raw)] = parsed
         with self._lock:
-            previous = self._objects
+            previous = dict(self._objects)  # the loop below empties self._objects in place
             for key in set(self._objects) | set(self._invalid):
                 self._remove(key)
             for key, obj in fresh.items():
@@ -203,7 +217,7 @@ class ResourceCache(Generic[R]):
                 self._put_invalid(key, bad)
         self._synced.set()
         # A re-list after 410 Gone may hide deletions the watch missed: report those too.
-        changed = [o for k, o in fresh.items() if previous.get(k) is not o]
+        changed = [o for k, o in fresh.items() if _version(previous.get(k)) != o.metadata.resource_version]
         self._notify(changed + [o for k, o in previous.items() if k not in fresh])
         return str(listing["metadata"]["resourceVersion"])
 
@@ -309,6 +323,10 @@ class _Groups(Generic[T]):
         if found is None:
             found = self._tuples[group] = tuple(self._groups.get(group, {}).values())
         return found
+
+
+def _version(obj: Resource | KubernetesObject | None) -> str | None:
+    return obj.metadata.resource_version if obj is not None else None
 
 
 def _raw_key(raw: dict[str, Any]) -> str:

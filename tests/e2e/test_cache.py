@@ -154,7 +154,7 @@ def test_cache_reconnects_after_the_apiserver_restarts(tmp_path: Path) -> None:
         cluster.destroy()
 
 
-def test_pod_cache_lists_and_watches_the_core_group_with_a_label_selector(
+def test_pod_cache_lists_and_watches_a_core_group_namespace_with_a_label_selector(
     kube: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(kube)
@@ -167,7 +167,7 @@ def test_pod_cache_lists_and_watches_the_core_group_with_a_label_selector(
 
     core.create_namespaced_pod(namespace, pod("listed", {"watched": "yes"}))
     core.create_namespaced_pod(namespace, pod("unlabelled", {}))
-    cache = ResourceCache(kube, kinds.POD, KubernetesObject, label_selector="watched=yes").start()
+    cache = ResourceCache(kube, kinds.POD, KubernetesObject, namespace, label_selector="watched=yes").start()
     try:
         assert cache.wait_synced(10)
         assert [p.metadata.name for p in cache.in_namespace(namespace)] == ["listed"]
@@ -177,5 +177,37 @@ def test_pod_cache_lists_and_watches_the_core_group_with_a_label_selector(
         core.delete_namespaced_pod("listed", namespace, grace_period_seconds=0)
         _eventually(lambda: [p.metadata.name for p in cache.in_namespace(namespace)] == ["watched"])
         assert cache.get("ignored", namespace) is None
+    finally:
+        cache.stop()
+
+
+def test_handlers_hear_changes_and_a_relist_reports_deletions_the_watch_missed(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    objects = client.CustomObjectsApi(kube)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("kept", "a"))
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("missed", "a"))
+    cache = ResourceCache(kube, kinds.PROFILE_BINDING, ProfileBinding, namespace)
+    heard: list[str] = []
+    cache.add_event_handler(lambda b: heard.append(f"{b.metadata.name}:{b.spec.image}"))
+    cache._list()  # what the cache thread does first; called here so that no watch runs yet
+    assert sorted(heard) == ["kept:a", "missed:a"]
+    heard.clear()
+    # Deleted while no watch ran (as before a 410 Gone): only the next list can tell.
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "missed")
+    cache._list()
+    assert heard == ["missed:a"], "an unchanged object was reported, or the deletion was not"
+    assert cache.get("missed", namespace) is None
+    heard.clear()
+    cache.start()
+    try:
+        assert cache.wait_synced(10)
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "kept", {"spec": {"image": "b"}}
+        )
+        _eventually(lambda: "kept:b" in heard)
+        objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "kept")
+        _eventually(lambda: cache.get("kept", namespace) is None)
+        assert heard[-1] == "kept:b", "a deletion is reported with the object's last state"
     finally:
         cache.stop()

@@ -20,7 +20,7 @@ from api.types import heartbeat_lease_name, node_finalizer
 from reconciler.profiles_controller import ProfileControllers
 from reconciler.runtime import Manager
 from spo import localcluster
-from tests.e2e.test_runtime import eventually
+from tests.eventually import eventually
 from tests.kubectl import kubectl, kubectl_json
 
 pytestmark = pytest.mark.e2e
