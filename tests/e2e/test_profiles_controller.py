@@ -20,6 +20,7 @@ from api.types import heartbeat_lease_name, node_finalizer
 from reconciler.profiles_controller import ProfileControllers
 from reconciler.runtime import Manager
 from spo import localcluster
+from tests.e2e.leftovers import release_reconciler_finalizers
 from tests.eventually import eventually
 from tests.kubectl import kubectl, kubectl_json
 
@@ -47,6 +48,7 @@ def controllers(kube: client.ApiClient, operator_namespace: str) -> Iterator[Man
     eventually(lambda: manager.ready() and manager.leading, timeout=60, what="controllers running")
     yield manager
     manager.stop()
+    release_reconciler_finalizers(kube)
 
 
 def _objects(kube: client.ApiClient) -> client.CustomObjectsApi:
@@ -111,7 +113,13 @@ def test_a_profile_used_by_a_pod_stays_terminating_until_the_pod_is_gone(
         ),
         what="activeWorkloads naming the pod",
     )
-    assert constants.FINALIZER_IN_USE in (_profile(kube, name) or {})["metadata"]["finalizers"]
+    # The status is written first, the finalizer right after it.
+    eventually(
+        lambda: (
+            constants.FINALIZER_IN_USE in ((_profile(kube, name) or {})["metadata"].get("finalizers") or [])
+        ),
+        what="the in-use finalizer",
+    )
 
     kubectl(control_plane.kubeconfig, "delete", "sp", name, "--wait=false")
     eventually(
