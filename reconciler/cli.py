@@ -169,8 +169,12 @@ def build_manager(args: argparse.Namespace) -> Manager:
 
 
 def register_controllers(manager: Manager, api: client.ApiClient, settings: Settings) -> None:
-    """Every controller the reconciler runs, with the caches it reads: add new ones here (the guide
-    is the docstring of reconciler/runtime.py)."""
+    """THE place where every controller the reconciler runs is registered, with the caches it reads.
+
+    To add one (profile status, active workloads, recording merge, certificates, default objects):
+    build its caches with ``manager.cache(ResourceCache(...))`` (a cache shared by two controllers is
+    registered once), then ``manager.add(Controller(...))``; the guide is the docstring of
+    reconciler/runtime.py. ``settings`` carries the operator namespace and the command-line choices."""
     spods = SpodReconciler(api, settings)
     for cache in spods.caches():
         manager.cache(cache)
