@@ -237,3 +237,18 @@ NODE_HOST_DIRS: Final = (
     CONTAINER_LOG_LINKS_DIR,
     "/run/mount",
 )
+
+# --- reconciler ---------------------------------------------------------------------------------
+# The field manager of every server-side apply the reconciler makes: it owns exactly those fields.
+FIELD_MANAGER: Final = "security-profiles-operator"
+LEADER_LEASE: Final = "security-profiles-operator-lock"  # upstream's leader election id
+# The spod pod template carries a hash of the configuration it was rendered from, so that every spod
+# change that alters the DaemonSet rolls its pods (docs: "each configuration change triggers a restart").
+ANNOTATION_SPOD_CONFIG_HASH: Final = "security-profiles-operator.x-k8s.io/config-hash"
+FINALIZER_SPOD: Final = "security-profiles-operator.x-k8s.io/spod-cleanup"
+ENV_SELINUXD_IMAGE: Final = "RELATED_IMAGE_SELINUXD"
+DEFAULT_SELINUXD_IMAGE: Final = "quay.io/security-profiles-operator/selinuxd"
+SPOD_CONDITION_READY: Final = "Ready"
+EVENT_REASON_INVALID_SPOD: Final = "InvalidConfiguration"
+SPOD_METRICS_PORT: Final = 9443
+SPOD_HEALTH_PORT: Final = 8085

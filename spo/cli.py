@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import certs.cli
 import manifests.cli
+import reconciler.cli
 import webhooks.cli
 from spo import up
 
@@ -34,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     webhooks.cli.register_cli(subparsers)
-    subparsers.add_parser(
-        "reconciler",
-        parents=[_not_built("reconciler")],
-        help="keep the spod DaemonSet, webhook configurations and profile statuses (not built yet)",
-        description="The leader-elected reconciler. Not built yet: its issue is still open.",
-    )
+    reconciler.cli.register_cli(subparsers)
     subparsers.add_parser(
         "agent",
         parents=[_not_built("agent")],
