@@ -17,6 +17,7 @@ A rotation never fails an admission:
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,7 +43,31 @@ class Issuer:
     """How new material is made (certs.pki in production; the plan itself stays deterministic)."""
 
     new_ca: Callable[[datetime.timedelta], KeyPair]
-    new_serving: Callable[[KeyPair, Sequence[str], datetime.timedelta], KeyPair]
+    new_serving: Callable[[KeyPair, Hosts, datetime.timedelta], KeyPair]
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The names the apiserver reaches the webhook by: the Service's DNS names in a cluster, the
+    `--webhook-url` host (often an IP address) in local mode."""
+
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, hosts: Sequence[str]) -> Hosts:
+        dns, ips = [], []
+        for host in hosts:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                dns.append(host)
+            else:
+                ips.append(host)
+        return cls(tuple(dns), tuple(ips))
+
+    def subject_alt_names(self) -> set[x509.GeneralName]:
+        return set(subject_alt_names(self.dns_names, self.ip_addresses))
 
 
 @dataclass(frozen=True)
@@ -80,7 +105,7 @@ def plan(
     webhook_data: Mapping[str, bytes],
     published: Sequence[bytes] | None,
     *,
-    dns_names: Sequence[str],
+    hosts: Hosts,
     now: datetime.datetime,
     issuer: Issuer,
     validity: Validity,
@@ -101,8 +126,8 @@ def plan(
     if published is not None and previous is not None and not _everywhere(current, published):
         signer = previous
     serving = load_pair(webhook_data, constants.TLS_CERT_FILE, constants.TLS_KEY_FILE)
-    if serving is None or not _serving_is_current(serving.certificate, signer, dns_names, now):
-        serving = issuer.new_serving(signer, dns_names, validity.serving)
+    if serving is None or not _serving_is_current(serving.certificate, signer, hosts, now):
+        serving = issuer.new_serving(signer, hosts, validity.serving)
 
     bundle = b"".join(pair.cert_pem for pair in trusted)
     ca_secret = {constants.CA_CERT_FILE: current.cert_pem, constants.CA_KEY_FILE: current.key_pem}
@@ -125,7 +150,7 @@ def _everywhere(ca: KeyPair, published: Sequence[bytes]) -> bool:
 
 
 def _serving_is_current(
-    cert: x509.Certificate, signer: KeyPair, dns_names: Sequence[str], now: datetime.datetime
+    cert: x509.Certificate, signer: KeyPair, hosts: Hosts, now: datetime.datetime
 ) -> bool:
     if certificate_needs_renewal(cert, now):
         return False
@@ -134,7 +159,7 @@ def _serving_is_current(
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
-    return set(names) == set(subject_alt_names(dns_names, ()))
+    return set(names) == hosts.subject_alt_names()
 
 
 def _renewal_time(cert: x509.Certificate) -> datetime.datetime:

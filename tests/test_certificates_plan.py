@@ -12,15 +12,18 @@ from cryptography import x509
 import certs
 from api import constants
 from certs.pki import KeyPair
-from reconciler.certificates import Issuer, Plan, Validity, certificates_in, plan
+from reconciler.certificates import Hosts, Issuer, Plan, Validity, certificates_in, plan
 
 DNS = certs.webhook_dns_names("webhook-service", "security-profiles-operator")
+LOCAL = Hosts.of(["127.0.0.1", "localhost"])
 VALIDITY = Validity(ca=datetime.timedelta(hours=3), serving=datetime.timedelta(hours=1))
 T0 = datetime.datetime.now(datetime.UTC)
 
 
-def _issue(ca: KeyPair, names: Sequence[str], lifetime: datetime.timedelta) -> KeyPair:
-    return certs.issue_certificate(ca, names[0], dns_names=names, lifetime=lifetime)
+def _issue(ca: KeyPair, hosts: Hosts, lifetime: datetime.timedelta) -> KeyPair:
+    return certs.issue_certificate(
+        ca, "webhook", dns_names=hosts.dns_names, ip_addresses=hosts.ip_addresses, lifetime=lifetime
+    )
 
 
 ISSUER = Issuer(new_ca=lambda lifetime: certs.generate_ca(lifetime=lifetime), new_serving=_issue)
@@ -36,7 +39,7 @@ def step(
     ca = before.ca_secret if before else {}
     webhook = before.webhook_secret if before else {}
     now = T0 + datetime.timedelta(minutes=minutes)
-    return plan(ca, webhook, published, dns_names=dns, now=now, issuer=ISSUER, validity=validity)
+    return plan(ca, webhook, published, hosts=Hosts.of(dns), now=now, issuer=ISSUER, validity=validity)
 
 
 def serving_of(result: Plan) -> x509.Certificate:
@@ -87,6 +90,7 @@ def test_steady_state_changes_nothing() -> None:
         (30, DNS, False),  # two thirds of the lifetime left
         (45, DNS, True),  # in the last third
         (10, [*DNS, "other.example"], True),  # the names changed
+        (10, ["127.0.0.1", "localhost"], True),  # local mode: an IP address and a name
     ],
 )
 def test_serving_renewal(minutes: float, dns: list[str], renewed: bool) -> None:
@@ -132,6 +136,13 @@ def test_a_ca_change_never_leaves_the_served_certificate_untrusted() -> None:
     assert signed_by(serving_of(done), new_ca)
 
 
+def test_local_mode_names_the_ip_address() -> None:
+    first = step(None, dns=["127.0.0.1", "localhost"])
+    names = serving_of(first).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names) == LOCAL.subject_alt_names()
+    assert step(first, minutes=5, published=[first.bundle], dns=["127.0.0.1", "localhost"]) == first
+
+
 def test_before_any_configuration_exists_the_new_ca_signs_at_once() -> None:
     first = step(None)
     rotating = step(first, minutes=125, published=None)
@@ -146,7 +157,7 @@ def test_before_any_configuration_exists_the_new_ca_signs_at_once() -> None:
     ],
 )
 def test_an_unreadable_ca_secret_is_replaced(broken: dict[str, bytes]) -> None:
-    result = plan(broken, {}, None, dns_names=DNS, now=T0, issuer=ISSUER, validity=VALIDITY)
+    result = plan(broken, {}, None, hosts=Hosts.of(DNS), now=T0, issuer=ISSUER, validity=VALIDITY)
     assert signed_by(serving_of(result), ca_of(result))
 
 
@@ -156,6 +167,6 @@ def test_a_serving_key_not_matching_its_certificate_is_reissued() -> None:
     mixed = dict(first.webhook_secret)
     mixed[constants.TLS_KEY_FILE] = other.webhook_secret[constants.TLS_KEY_FILE]
     result = plan(
-        first.ca_secret, mixed, [first.bundle], dns_names=DNS, now=T0, issuer=ISSUER, validity=VALIDITY
+        first.ca_secret, mixed, [first.bundle], hosts=Hosts.of(DNS), now=T0, issuer=ISSUER, validity=VALIDITY
     )
     assert result.webhook_secret[constants.TLS_CERT_FILE] != first.webhook_secret[constants.TLS_CERT_FILE]
