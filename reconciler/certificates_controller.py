@@ -50,6 +50,10 @@ PKI_ISSUER = Issuer(new_ca=lambda lifetime: certs.generate_ca(lifetime=lifetime)
 
 
 class CertificateReconciler:
+    """``hosts``: the serving certificate's names (default: the webhook Service's DNS names; with
+    `--webhook-url`, its host). ``on_bundle_change`` should make the webhook configurations' owner
+    re-apply them (their caBundle is the webhook Secret's `ca.crt`)."""
+
     def __init__(
         self,
         api: client.ApiClient,
@@ -73,6 +77,12 @@ class CertificateReconciler:
 
     def caches(self) -> list[ResourceCache[Any]]:
         return [self.mutating, self.validating]
+
+    def register(self, manager: Manager) -> Controller:
+        """Add the caches and the controller to ``manager``."""
+        for cache in self.caches():
+            manager.cache(cache)
+        return manager.add(self.controller())
 
     def controller(self) -> Controller:
         watches = [Watch(cache, self._configuration_keys) for cache in self.caches()]
@@ -147,24 +157,3 @@ class CertificateReconciler:
             force=True,
             _content_type=_APPLY_CONTENT_TYPE,
         )
-
-
-def add_certificate_controller(
-    manager: Manager,
-    api: client.ApiClient,
-    namespace: str,
-    *,
-    hosts: Sequence[str] = (),
-    validity: Validity = DEFAULT_VALIDITY,
-    on_bundle_change: Callable[[], None] = lambda: None,
-) -> CertificateReconciler:
-    """Register the certificates controller. ``hosts``: the serving certificate's names (default: the
-    webhook Service's DNS names; with `--webhook-url`, its host). ``on_bundle_change`` should make the
-    webhook configurations' owner re-apply them (their caBundle is the webhook Secret's `ca.crt`)."""
-    reconciler = CertificateReconciler(
-        api, namespace, hosts=hosts, validity=validity, on_bundle_change=on_bundle_change
-    )
-    for cache in reconciler.caches():
-        manager.cache(cache)
-    manager.add(reconciler.controller())
-    return reconciler

@@ -30,7 +30,7 @@ from api import constants
 from api.types import SPODSpec
 from certs.pki import KeyPair
 from reconciler.certificates import Validity
-from reconciler.certificates_controller import add_certificate_controller
+from reconciler.certificates_controller import CertificateReconciler
 from reconciler.runtime import Manager
 from reconciler.webhook_config import (
     Endpoint,
@@ -143,9 +143,9 @@ def test_renewals_and_a_ca_change_fail_no_admission_and_never_expose_the_ca_key(
         )
 
     manager = Manager()
-    add_certificate_controller(
-        manager, kube, secrets_namespace, hosts=HOSTS, validity=SHORT, on_bundle_change=publish
-    )
+    CertificateReconciler(
+        kube, secrets_namespace, hosts=HOSTS, validity=SHORT, on_bundle_change=publish
+    ).register(manager)
     seen, stop = Observed(), threading.Event()
     cert_dir = tmp_path / "webhook-certs"
     webhook = None
