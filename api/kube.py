@@ -62,9 +62,13 @@ class ResourceCache(Generic[R]):
     Works for any kind served under /apis/<group>/<version> (ours and built-in ones such as
     DaemonSets or webhook configurations); handlers added with add_event_handler hear every change."""
 
-    def __init__(self, api: client.ApiClient, kind: Watchable, model: type[R]) -> None:
+    def __init__(
+        self, api: client.ApiClient, kind: Watchable, model: type[R], namespace: str | None = None
+    ) -> None:
+        """``namespace``: watch that namespace only (where a Role, not a ClusterRole, grants reading)."""
         self._custom = client.CustomObjectsApi(api)
         self._kind = kind
+        self._namespace = namespace
         self._model = model
         self._objects: dict[str, R] = {}
         self._by_namespace: dict[str, tuple[R, ...]] = {}
@@ -144,6 +148,10 @@ class ResourceCache(Generic[R]):
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
 
     def _list_call(self, **kwargs: Any) -> Any:
+        if self._namespace is not None:
+            return self._custom.list_namespaced_custom_object(
+                self._kind.group, self._kind.version, self._namespace, self._kind.plural, **kwargs
+            )
         return self._custom.list_cluster_custom_object(
             self._kind.group, self._kind.version, self._kind.plural, **kwargs
         )
@@ -165,7 +173,7 @@ class ResourceCache(Generic[R]):
             self._reindex()
         self._synced.set()
         # A re-list after 410 Gone may hide deletions the watch missed: report those too.
-        changed = [o for k, o in fresh.items() if previous.get(k) is not o]
+        changed = [o for k, o in fresh.items() if _version(previous.get(k)) != o.metadata.resource_version]
         self._notify(changed + [o for k, o in previous.items() if k not in fresh])
         return str(listing["metadata"]["resourceVersion"])
 
@@ -232,6 +240,10 @@ def _by_namespace(objects: Iterable[T], namespace_of: Callable[[T], str]) -> dic
     for obj in objects:
         grouped.setdefault(namespace_of(obj), []).append(obj)
     return {ns: tuple(objs) for ns, objs in grouped.items()}
+
+
+def _version(obj: Resource | KubernetesObject | None) -> str | None:
+    return obj.metadata.resource_version if obj is not None else None
 
 
 def _raw_key(raw: dict[str, Any]) -> str:

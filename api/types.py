@@ -152,8 +152,9 @@ class KubernetesObject(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
-    api_version: str
-    kind: str
+    # Items of a built-in kind's list come without their type.
+    api_version: str = ""
+    kind: str = ""
     metadata: ObjectMeta
 
 

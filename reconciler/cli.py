@@ -13,6 +13,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from kubernetes import client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import constants
@@ -25,6 +26,7 @@ from reconciler.spod_controller import (
     ca_bundle_from_file,
     ca_bundle_from_secret,
 )
+from reconciler.uninstall import uninstall
 from reconciler.webhook_config import Endpoint
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,39 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_false",
         help="the agents run as host processes (spo up): manage no DaemonSet",
     )
+    parser.add_argument(
+        "--lease-duration",
+        type=float,
+        default=LeaseTiming().lease_duration,
+        help="seconds a standby waits on an unrenewed lease before taking over (default %(default)s)",
+    )
     parser.add_argument("--health-host", default="0.0.0.0", help="address of the health/metrics server")  # noqa: S104
     parser.add_argument(
         "--health-port", type=int, default=constants.HEALTH_PORT, help="port of /healthz, /readyz, /metrics"
     )
     parser.set_defaults(func=run)
+
+    uninstall_parser = subparsers.add_parser(
+        "uninstall",
+        help="remove the webhook configurations, then the spod DaemonSet and the spod",
+        description="Remove what the reconciler created, webhook configurations first, so that pod "
+        "creation never waits on a webhook that is gone.",
+    )
+    uninstall_parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else in-cluster)"
+    )
+    uninstall_parser.add_argument(
+        "--namespace",
+        default=os.environ.get(constants.ENV_OPERATOR_NAMESPACE, constants.DEFAULT_NAMESPACE),
+        help="the operator namespace (default: $OPERATOR_NAMESPACE or %(default)s)",
+    )
+    uninstall_parser.set_defaults(func=_uninstall)
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    uninstall(api_client(args.kubeconfig), args.namespace)
+    print(f"removed the webhook configurations, the spod DaemonSet and the spod from {args.namespace}")
+    return 0
 
 
 def _handler(ready: Callable[[], bool], metrics: Callable[[], bytes]) -> type[BaseHTTPRequestHandler]:
@@ -128,14 +158,23 @@ def build_manager(args: argparse.Namespace) -> Manager:
     )
     elector = None
     if args.leader_elect:
-        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-        elector = LeaderElector(api, args.namespace, identity, LeaseTiming())
+        identity = f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        duration = args.lease_duration
+        # client-go's proportions (15 s / 10 s / 2 s) at any lease duration.
+        timing = LeaseTiming(duration, duration * 2 / 3, duration * 2 / 15)
+        elector = LeaderElector(api, args.namespace, identity, timing)
     manager = Manager(elector=elector)
+    register_controllers(manager, api, settings)
+    return manager
+
+
+def register_controllers(manager: Manager, api: client.ApiClient, settings: Settings) -> None:
+    """Every controller the reconciler runs, with the caches it reads: add new ones here (the guide
+    is the docstring of reconciler/runtime.py)."""
     spods = SpodReconciler(api, settings)
     for cache in spods.caches():
         manager.cache(cache)
     manager.add(spods.controller())
-    return manager
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,10 +3,10 @@
 Only the fields we own count. A live object drifted when a field we set differs from what we want
 now, or when we still own a field we no longer set (e.g. a webhookOptions entry was removed: its
 selector must go, so the default comes back). Fields someone else added are not drift: extra
-webhooks in our configuration, extra keys, and extra terms in a label selector's
-``matchExpressions`` (a platform such as AKS narrows every webhook's namespaceSelector with its
-own term; re-applying ours would remove it, the platform would add it again, and the two loops
-would fight forever).
+webhooks in our configuration, extra keys, and a selector another actor narrowed with terms of its
+own (a platform such as AKS adds its own term to every webhook's namespaceSelector; re-applying ours
+would remove it, the platform would add it again, and the two loops would fight forever).
+Nor are fields the apiserver defaults (a rule's `scope`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from api import constants
 
 # Lists that server-side apply merges item by item, keyed by `name`; every other list is atomic.
 _KEYED_LISTS = frozenset({"webhooks", "matchConditions"})
-# Atomic lists where items another actor added narrow what we asked for and are left alone.
-_NARROWING_LISTS = frozenset({"matchExpressions"})
+# Label selectors, atomic in the webhook configurations' schema.
+_SELECTORS = frozenset({"namespaceSelector", "objectSelector"})
+
+_TYPE_FIELDS = ("apiVersion", "kind")
 
 Path = tuple[str, ...]
 
@@ -30,26 +32,56 @@ def needs_apply(
 ) -> bool:
     if live is None:
         return True
-    if not _covers(desired, live, ""):
+    # The type is the object's identity, not a field (and list items of built-in kinds omit it).
+    desired = {k: v for k, v in desired.items() if k not in _TYPE_FIELDS}
+    owned = set(owned_paths(live, manager))
+    if not _covers(desired, live, (), owned):
         return True
     wanted = set(desired_paths(desired))
-    return any(not _is_prefix_of_any(path, wanted) for path in owned_paths(live, manager))
+    return any(not _is_prefix_of_any(path, wanted) for path in owned)
 
 
-def _covers(desired: Any, live: Any, key: str) -> bool:
+def _covers(desired: Any, live: Any, path: Path, owned: set[Path]) -> bool:
     """Every field of ``desired`` is in ``live`` with the same value (see the module docstring)."""
+    key = path[-1] if path else ""
+    if key in _SELECTORS and isinstance(desired, dict):
+        # Selectors are atomic: while we own one it must be exactly ours (a removed option must go);
+        # once another actor rewrote it, it may narrow ours, not widen it.
+        return desired == live if path in owned else _narrows(desired, live)
     if isinstance(desired, dict):
         return isinstance(live, dict) and all(
-            k in live and _covers(v, live[k], k) for k, v in desired.items()
+            k in live and _covers(v, live[k], (*path, k), owned) for k, v in desired.items()
         )
     if isinstance(desired, list) and key in _KEYED_LISTS:
         if not isinstance(live, list):
             return False
         by_name = {item.get("name"): item for item in live if isinstance(item, dict)}
-        return all(item["name"] in by_name and _covers(item, by_name[item["name"]], "") for item in desired)
-    if isinstance(desired, list) and key in _NARROWING_LISTS:
-        return isinstance(live, list) and all(item in live for item in desired)
+        return all(
+            item["name"] in by_name and _covers(item, by_name[item["name"]], (*path, item["name"]), owned)
+            for item in desired
+        )
+    if isinstance(desired, list):
+        # Item by item, so that fields the apiserver defaults inside items (a rule's scope) are not drift.
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(
+                _covers(d, lv, (*path, str(i)), owned)
+                for i, (d, lv) in enumerate(zip(desired, live, strict=True))
+            )
+        )
     return bool(desired == live)
+
+
+def _narrows(desired: dict[str, Any], live: Any) -> bool:
+    """``live`` selects a subset of what ``desired`` selects: all our terms, perhaps more."""
+    if not isinstance(live, dict):
+        return False
+    labels = live.get("matchLabels") or {}
+    expressions = live.get("matchExpressions") or []
+    return all(labels.get(k) == v for k, v in (desired.get("matchLabels") or {}).items()) and all(
+        e in expressions for e in desired.get("matchExpressions") or []
+    )
 
 
 def desired_paths(obj: dict[str, Any], prefix: Path = ()) -> Iterator[Path]:

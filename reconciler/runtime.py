@@ -111,6 +111,63 @@ def delete(api: client.ApiClient, kind: BuiltinKind | ResourceKind, name: str, n
     return True
 
 
+def add_finalizer(api: client.ApiClient, kind: BuiltinKind | ResourceKind, obj: Any, finalizer: str) -> bool:
+    """Add one finalizer to a parsed object, guarded by its uid (an apply would re-create an object
+    deleted meanwhile). False when the object is gone or already has it."""
+    finalizers = obj.metadata.finalizers
+    if finalizers is not None and finalizer in finalizers:
+        return False
+    add = (
+        {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}
+        if finalizers is None
+        else {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}
+    )
+    return _guarded_patch(api, kind, obj, [add])
+
+
+def remove_finalizer(
+    api: client.ApiClient, kind: BuiltinKind | ResourceKind, obj: Any, finalizer: str
+) -> bool:
+    """Remove one finalizer from a parsed object, guarded by its uid and the entry's position: never
+    removes another's entry if the list changed meanwhile (the test fails with 422 and the caller
+    retries). False when the object or the finalizer is already gone."""
+    finalizers = list(obj.metadata.finalizers or [])
+    if finalizer not in finalizers:
+        return False
+    index = finalizers.index(finalizer)
+    return _guarded_patch(
+        api,
+        kind,
+        obj,
+        [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ],
+    )
+
+
+def _guarded_patch(
+    api: client.ApiClient, kind: BuiltinKind | ResourceKind, obj: Any, operations: list[dict[str, Any]]
+) -> bool:
+    """A JSON patch that applies only to this very object (same uid); False when it is gone."""
+    patch = [{"op": "test", "path": "/metadata/uid", "value": obj.metadata.uid}, *operations]
+    objects = client.CustomObjectsApi(api)
+    args: tuple[str, ...] = (kind.group, kind.version)
+    if kind.namespaced:
+        args += (obj.metadata.namespace,)
+    args += (kind.plural, obj.metadata.name)
+    scope = "namespaced" if kind.namespaced else "cluster"
+    try:
+        getattr(objects, f"patch_{scope}_custom_object")(
+            *args, patch, _content_type="application/json-patch+json"
+        )
+    except ApiException as error:
+        if error.status == _HTTP_NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 # --- work queue ------------------------------------------------------------------------------------
 
 

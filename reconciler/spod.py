@@ -455,7 +455,8 @@ def desired_status(
         return _status("ERROR", "False", constants.EVENT_REASON_INVALID_SPOD, "; ".join(found))
     if not manages_daemonset:
         return _status("RUNNING", "True", "Configured", "the agents run outside the cluster")
-    if daemonset_status is None:
+    if daemonset_status is None or "observedGeneration" not in daemonset_status:
+        # Not created yet, or the DaemonSet controller has not looked at it yet.
         return _status("CREATING", "False", "Creating", "the spod DaemonSet is being created")
     desired = daemonset_status.get("desiredNumberScheduled", 0)
     updated = daemonset_status.get("updatedNumberScheduled", 0)

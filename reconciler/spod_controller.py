@@ -23,7 +23,8 @@ from api.kube import ResourceCache
 from api.types import KubernetesObject, SecurityProfilesOperatorDaemon, SPODStatus, default_spod
 from reconciler import spod as spod_config
 from reconciler.drift import needs_apply
-from reconciler.runtime import Controller, Watch, apply, delete, split_key
+from reconciler.runtime import Controller, Watch, add_finalizer, apply, remove_finalizer, split_key
+from reconciler.uninstall import remove_operator_objects
 from reconciler.webhook_config import (
     Endpoint,
     desired_mutating_configuration,
@@ -61,7 +62,13 @@ def ca_bundle_from_secret(api: client.ApiClient, namespace: str) -> Callable[[],
 
     def read() -> str:
         secret = core.read_namespaced_secret(constants.WEBHOOK_CERT_SECRET, namespace)
-        return str((secret.data or {})[constants.CA_CERT_FILE])
+        bundle = (secret.data or {}).get(constants.CA_CERT_FILE)
+        if not bundle:
+            raise ValueError(
+                f"Secret {namespace}/{constants.WEBHOOK_CERT_SECRET} has no {constants.CA_CERT_FILE}: "
+                "add the CA certificate there, or start the reconciler with --ca-file"
+            )
+        return str(bundle)
 
     return read
 
@@ -84,7 +91,9 @@ class SpodReconciler:
             api, kinds.VALIDATING_WEBHOOK_CONFIGURATION, KubernetesObject
         )
         self.daemonsets: ResourceCache[KubernetesObject] | None = (
-            ResourceCache(api, kinds.DAEMON_SET, KubernetesObject) if settings.manage_daemonset else None
+            ResourceCache(api, kinds.DAEMON_SET, KubernetesObject, settings.namespace)
+            if settings.manage_daemonset
+            else None
         )
         self._created_default = False
 
@@ -133,7 +142,7 @@ class SpodReconciler:
         if spod.metadata.deletion_timestamp:
             self._clean_up(spod)
             return None
-        self._ensure_finalizer(spod)
+        add_finalizer(self.api, kinds.SPOD, spod, constants.FINALIZER_SPOD)
         found = spod_config.problems(spod.spec)
         log_volume = None
         if self.settings.manage_daemonset and spod.spec.enable_json_enricher:
@@ -174,7 +183,8 @@ class SpodReconciler:
         ]
         for cache, configuration in desired:
             live = cache.get(configuration["metadata"]["name"])
-            if needs_apply(configuration, live.model_dump(by_alias=True) if live is not None else None):
+            observed = live.model_dump(by_alias=True, exclude_none=True) if live is not None else None
+            if needs_apply(configuration, observed):
                 log.info("applying %s", configuration["metadata"]["name"])
                 apply(self.api, kind_of(configuration), configuration)
 
@@ -199,26 +209,14 @@ class SpodReconciler:
                 raise
         self._created_default = True
 
-    def _ensure_finalizer(self, spod: SecurityProfilesOperatorDaemon) -> None:
-        if constants.FINALIZER_SPOD not in (spod.metadata.finalizers or []):
-            apply(
-                self.api,
-                kinds.SPOD,
-                self._identity(spod.metadata.name or constants.SPOD_NAME, [constants.FINALIZER_SPOD]),
-            )
-
-    def _identity(self, name: str, finalizers: list[str] | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": name, "namespace": self.settings.namespace}
-        if finalizers is not None:
-            metadata["finalizers"] = finalizers
+    def _identity(self, name: str) -> dict[str, Any]:
+        metadata = {"name": name, "namespace": self.settings.namespace}
         return {"apiVersion": kinds.SPOD.api_version, "kind": kinds.SPOD.kind, "metadata": metadata}
 
     def _clean_up(self, spod: SecurityProfilesOperatorDaemon) -> None:
         """The spod is being deleted: take away what it configured, webhooks first (see uninstall)."""
         remove_operator_objects(self.api, self.settings.namespace, daemonset=self.settings.manage_daemonset)
-        if constants.FINALIZER_SPOD in (spod.metadata.finalizers or []):
-            # Applying without the finalizer drops the one entry we own; others' finalizers stay.
-            apply(self.api, kinds.SPOD, self._identity(spod.metadata.name or constants.SPOD_NAME, []))
+        remove_finalizer(self.api, kinds.SPOD, spod, constants.FINALIZER_SPOD)
 
     # --- status and events ------------------------------------------------------------------------
 
@@ -281,12 +279,3 @@ def _same(current: SPODStatus, wanted: SPODStatus) -> bool:
         )
 
     return essence(current) == essence(wanted)
-
-
-def remove_operator_objects(api: client.ApiClient, namespace: str, *, daemonset: bool = True) -> None:
-    """Remove what the reconciler creates, the webhook configurations first: once they are gone no
-    pod creation can wait on a webhook that is about to disappear (OCPBUGS-4687)."""
-    delete(api, kinds.MUTATING_WEBHOOK_CONFIGURATION, constants.MUTATING_WEBHOOK_CONFIGURATION)
-    delete(api, kinds.VALIDATING_WEBHOOK_CONFIGURATION, constants.VALIDATING_WEBHOOK_CONFIGURATION)
-    if daemonset:
-        delete(api, kinds.DAEMON_SET, constants.SPOD_NAME, namespace)

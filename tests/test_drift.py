@@ -42,6 +42,8 @@ def _fields(obj: Any) -> Any:
                 ".": {},
                 **{f'k:{{"name":"{w["name"]}"}}': {".": {}, **_fields(w)} for w in value},
             }
+        elif key in ("namespaceSelector", "objectSelector"):
+            fields[f"f:{key}"] = {}  # atomic in the schema
         elif isinstance(value, dict) and value:
             fields[f"f:{key}"] = {".": {}, **_fields(value)}
         else:
@@ -49,12 +51,19 @@ def _fields(obj: Any) -> Any:
     return fields
 
 
-def live(applied: dict[str, Any], actual: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`actual` as stored, after we applied `applied` (our managed fields)."""
+def live(
+    applied: dict[str, Any], actual: dict[str, Any] | None = None, taken: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """`actual` as stored, after we applied `applied`; `taken`: (webhook, field) another actor has
+    since rewritten, which makes it the owner of that field."""
     stored = copy.deepcopy(actual if actual is not None else applied)
+    # managedFields leave out the object's type and name: they identify it, nobody owns them.
     meta = {k: v for k, v in applied["metadata"].items() if k != "name"}
-    entry = {"manager": MANAGER, "operation": "Apply", "fieldsV1": _fields({**applied, "metadata": meta})}
-    stored["metadata"]["managedFields"] = [entry]
+    owned = {k: v for k, v in applied.items() if k not in ("apiVersion", "kind")}
+    fields = _fields({**owned, "metadata": meta})
+    if taken is not None:
+        del fields["f:webhooks"][f'k:{{"name":"{taken[0]}"}}'][f"f:{taken[1]}"]
+    stored["metadata"]["managedFields"] = [{"manager": MANAGER, "operation": "Apply", "fieldsV1": fields}]
     return stored
 
 
@@ -72,6 +81,12 @@ WITH_OPTION = configuration(
 )
 WITH_IGNORE = configuration(webhook("binding", failurePolicy="Ignore"), webhook("recording"))
 WITH_EXEC = configuration(webhook("binding"), webhook("recording"), webhook("exec"))
+ONLY_BINDING = configuration(webhook("binding"))
+WITH_SCOPE = configuration(
+    webhook("binding", rules=[{"operations": ["CREATE"], "scope": "*"}]), webhook("recording")
+)
+WITH_OTHER_RULE = configuration(webhook("binding", rules=[{"operations": ["UPDATE"]}]), webhook("recording"))
+WITH_RULES = configuration(webhook("binding", rules=[{"operations": ["CREATE"]}]), webhook("recording"))
 WITH_THEIRS = configuration(webhook("binding"), webhook("recording"), webhook("theirs"))
 WITHOUT_OUR_TERM = configuration(webhook("binding", namespaceSelector={}), webhook("recording"))
 WITH_EXTRA_LABEL = configuration(
@@ -86,28 +101,37 @@ WITH_EXTRA_LABEL = configuration(
 )
 
 
+AKS = ("binding", "namespaceSelector")
+
+
 @pytest.mark.parametrize(
-    ("desired", "applied", "actual", "expected"),
+    ("desired", "applied", "actual", "taken", "expected"),
     [
-        pytest.param(DEFAULT, None, None, True, id="missing"),
-        pytest.param(DEFAULT, DEFAULT, None, False, id="as-applied"),
-        pytest.param(DEFAULT, DEFAULT, WITH_FOREIGN_TERM, False, id="foreign-selector-term"),
-        pytest.param(DEFAULT, DEFAULT, WITH_THEIRS, False, id="foreign-webhook"),
-        pytest.param(DEFAULT, DEFAULT, WITH_IGNORE, True, id="our-field-changed"),
-        pytest.param(DEFAULT, DEFAULT, configuration(webhook("binding")), True, id="our-webhook-removed"),
-        pytest.param(DEFAULT, DEFAULT, WITHOUT_OUR_TERM, True, id="our-term-removed"),
-        pytest.param(WITH_OPTION, DEFAULT, None, True, id="option-added"),
-        pytest.param(DEFAULT, WITH_OPTION, None, True, id="option-removed"),
-        pytest.param(DEFAULT, WITH_EXTRA_LABEL, None, True, id="option-removed-that-only-added-a-key"),
-        pytest.param(DEFAULT, WITH_EXEC, None, True, id="exec-webhooks-turned-off"),
-        pytest.param(WITH_EXEC, DEFAULT, None, True, id="exec-webhooks-turned-on"),
-        pytest.param(WITH_OPTION, WITH_OPTION, None, False, id="option-as-applied"),
+        pytest.param(DEFAULT, None, None, None, True, id="missing"),
+        pytest.param(DEFAULT, DEFAULT, None, None, False, id="as-applied"),
+        pytest.param(DEFAULT, DEFAULT, WITH_FOREIGN_TERM, AKS, False, id="foreign-selector-term"),
+        pytest.param(DEFAULT, DEFAULT, WITHOUT_OUR_TERM, AKS, True, id="foreign-selector-widened"),
+        pytest.param(DEFAULT, DEFAULT, WITH_THEIRS, None, False, id="foreign-webhook"),
+        pytest.param(DEFAULT, DEFAULT, WITH_IGNORE, None, True, id="our-field-changed"),
+        pytest.param(DEFAULT, DEFAULT, ONLY_BINDING, None, True, id="our-webhook-removed"),
+        pytest.param(WITH_OPTION, DEFAULT, None, None, True, id="option-added"),
+        pytest.param(DEFAULT, WITH_OPTION, None, None, True, id="option-removed"),
+        pytest.param(DEFAULT, WITH_EXTRA_LABEL, None, None, True, id="option-removed-that-only-added-a-key"),
+        pytest.param(DEFAULT, WITH_EXEC, None, None, True, id="exec-webhooks-turned-off"),
+        pytest.param(WITH_EXEC, DEFAULT, None, None, True, id="exec-webhooks-turned-on"),
+        pytest.param(WITH_OPTION, WITH_OPTION, None, None, False, id="option-as-applied"),
+        pytest.param(WITH_RULES, WITH_RULES, WITH_SCOPE, None, False, id="apiserver-defaulted-field"),
+        pytest.param(WITH_RULES, WITH_RULES, WITH_OTHER_RULE, None, True, id="our-rule-changed"),
     ],
 )  # fmt: skip
 def test_drift_truth_table(
-    desired: dict[str, Any], applied: dict[str, Any] | None, actual: dict[str, Any] | None, expected: bool
+    desired: dict[str, Any],
+    applied: dict[str, Any] | None,
+    actual: dict[str, Any] | None,
+    taken: tuple[str, str] | None,
+    expected: bool,
 ) -> None:
-    observed = None if applied is None else live(applied, actual)
+    observed = None if applied is None else live(applied, actual, taken)
     assert needs_apply(desired, observed, MANAGER) is expected
 
 
@@ -122,5 +146,5 @@ def test_fields_owned_by_others_are_not_ours() -> None:
 def test_owned_paths_read_keyed_list_items_by_name() -> None:
     paths = set(owned_paths(live(configuration(webhook("binding"))), MANAGER))
     assert ("webhooks", "binding", "failurePolicy") in paths
-    assert ("webhooks", "binding", "namespaceSelector", "matchExpressions") in paths
+    assert ("webhooks", "binding", "namespaceSelector") in paths
     assert ("metadata", "labels", "app") in paths

@@ -263,6 +263,7 @@ def ds(*, ready: int, updated: int, observed: int) -> dict[str, int]:
         (["bad"], True, None, None, "ERROR", "False"),
         ([], False, None, None, "RUNNING", "True"),
         ([], True, None, None, "CREATING", "False"),
+        ([], True, {"desiredNumberScheduled": 0, "numberReady": 0}, 1, "CREATING", "False"),
         ([], True, ds(ready=1, updated=2, observed=3), 3, "UPDATING", "False"),
         ([], True, ds(ready=2, updated=1, observed=3), 3, "UPDATING", "False"),
         ([], True, ds(ready=2, updated=2, observed=2), 3, "UPDATING", "False"),

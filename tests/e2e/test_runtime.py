@@ -4,9 +4,7 @@ fed by a cache and retried on errors."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,17 +22,11 @@ from reconciler.runtime import (
     apply,
     own_key,
 )
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.e2e
 
 FAST = LeaseTiming(lease_duration=3.0, renew_deadline=2.0, retry_period=0.5)
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.05)
 
 
 def _lease(namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
