@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import constants
 from api.kube import api_client
 from reconciler import spod as spod_config
+from reconciler.certificates_controller import CertificateReconciler
 from reconciler.runtime import LeaderElector, LeaseTiming, Manager
 from reconciler.spod_controller import (
     Settings,
@@ -53,6 +55,13 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--ca-file",
         help="PEM CA certificate for the webhook configurations' caBundle (default: ca.crt of the "
         f"{constants.WEBHOOK_CERT_SECRET} Secret)",
+    )
+    parser.add_argument(
+        "--cert-manager",
+        action="store_true",
+        help="cert-manager issues the webhook's Secret: manage no certificates (without it and without "
+        f"--ca-file, the reconciler keeps the {constants.WEBHOOK_CERT_SECRET} and "
+        f"{constants.WEBHOOK_CA_SECRET} Secrets)",
     )
     parser.add_argument(
         "--leader-elect",
@@ -164,17 +173,31 @@ def build_manager(args: argparse.Namespace) -> Manager:
         timing = LeaseTiming(duration, duration * 2 / 3, duration * 2 / 15)
         elector = LeaderElector(api, args.namespace, identity, timing)
     manager = Manager(elector=elector)
-    register_controllers(manager, api, settings)
+    hosts = None
+    if not (args.ca_file or args.cert_manager):
+        hosts = [str(urllib.parse.urlsplit(args.webhook_url).hostname)] if args.webhook_url else []
+    register_controllers(manager, api, settings, hosts)
     return manager
 
 
-def register_controllers(manager: Manager, api: client.ApiClient, settings: Settings) -> None:
+def register_controllers(
+    manager: Manager, api: client.ApiClient, settings: Settings, certificate_hosts: list[str] | None = None
+) -> None:
     """Every controller the reconciler runs, with the caches it reads: add new ones here (the guide
-    is the docstring of reconciler/runtime.py)."""
+    is the docstring of reconciler/runtime.py). ``certificate_hosts``: keep the webhook's certificates,
+    for these names ([] for the webhook Service's); None leaves them to cert-manager or a CA file."""
     spods = SpodReconciler(api, settings)
     for cache in spods.caches():
         manager.cache(cache)
-    manager.add(spods.controller())
+    spod_controller = manager.add(spods.controller())
+    if certificate_hosts is not None:
+        # A new CA bundle: the spod controller re-applies the configurations (caBundle from the Secret).
+        CertificateReconciler(
+            api,
+            settings.namespace,
+            hosts=certificate_hosts,
+            on_bundle_change=lambda: spod_controller.enqueue(spods.key),
+        ).register(manager)
 
 
 def run(args: argparse.Namespace) -> int:

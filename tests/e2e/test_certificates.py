@@ -31,6 +31,7 @@ from api.types import SPODSpec
 from certs.pki import KeyPair
 from reconciler.certificates import Validity
 from reconciler.certificates_controller import CertificateReconciler
+from reconciler.cli import build_manager
 from reconciler.runtime import Manager
 from reconciler.webhook_config import (
     Endpoint,
@@ -39,9 +40,10 @@ from reconciler.webhook_config import (
     desired_validating_configuration,
 )
 from spo import localcluster
+from spo.cli import build_parser
 from spo.processes import stop_process
 from tests.conftest import WebhookServer, register_webhooks
-from tests.e2e.test_runtime import eventually
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -220,3 +222,61 @@ def _start_webhook(
         lambda: localcluster.http_ok(f"https://127.0.0.1:{port}/readyz", context), 60, "webhook /readyz"
     )
     return process
+
+
+def _reconciler_args(cluster: localcluster.ControlPlane, namespace: str, *extra: str) -> Any:
+    return build_parser().parse_args(
+        [
+            "reconciler",
+            "--kubeconfig", str(cluster.kubeconfig),
+            "--namespace", namespace,
+            "--no-daemonset",
+            *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_spo_reconciler_makes_the_secrets_and_publishes_their_bundle(
+    kube: client.ApiClient,
+    control_plane: localcluster.ControlPlane,
+    webhook_server: WebhookServer,
+    namespace: str,
+) -> None:
+    """In a cluster (no --ca-file, no --cert-manager): the Secrets appear, the webhook configurations'
+    caBundle is the webhook Secret's ca.crt, and that Secret names the Service and holds no CA key."""
+    core = client.CoreV1Api(kube)
+    manager = build_manager(_reconciler_args(control_plane, namespace))
+    assert "certificates" in [c.name for c in manager.controllers]
+    admission = client.AdmissionregistrationV1Api(kube)
+
+    def published() -> bool:
+        data = _read_secret(core, constants.WEBHOOK_CERT_SECRET, namespace)
+        if data is None:
+            return False
+        bundle = base64.b64encode(data[constants.CA_CERT_FILE]).decode("ascii")
+        mutating = admission.read_mutating_webhook_configuration(constants.MUTATING_WEBHOOK_CONFIGURATION)
+        return all(w.client_config.ca_bundle == bundle for w in mutating.webhooks or [])
+
+    try:
+        manager.start()
+        eventually(published, 60, "the Secret's bundle in the webhook configurations")
+    finally:
+        manager.stop()
+        register_webhooks(control_plane, kube, webhook_server.url)
+    data = _read_secret(core, constants.WEBHOOK_CERT_SECRET, namespace) or {}
+    assert set(data) == {constants.TLS_CERT_FILE, constants.TLS_KEY_FILE, constants.CA_CERT_FILE}
+    serving = x509.load_pem_x509_certificate(data[constants.TLS_CERT_FILE])
+    names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == set(
+        certs.webhook_dns_names(constants.WEBHOOK_SERVICE, namespace)
+    )
+    ca = _read_secret(core, constants.WEBHOOK_CA_SECRET, namespace) or {}
+    serving.verify_directly_issued_by(x509.load_pem_x509_certificate(ca[constants.CA_CERT_FILE]))
+
+
+@pytest.mark.parametrize("flag", [["--cert-manager"], ["--ca-file", "ca.crt"]])
+def test_certificates_are_left_to_cert_manager_or_a_ca_file(
+    control_plane: localcluster.ControlPlane, namespace: str, flag: list[str]
+) -> None:
+    manager = build_manager(_reconciler_args(control_plane, namespace, *flag))
+    assert "certificates" not in [c.name for c in manager.controllers]
