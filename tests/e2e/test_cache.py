@@ -159,17 +159,17 @@ def test_handlers_hear_changes_and_a_relist_reports_deletions_the_watch_missed(
 ) -> None:
     objects = client.CustomObjectsApi(kube)
     objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("kept", "a"))
-    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("missed", "a"))
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("missed", "m"))
     cache = ResourceCache(kube, kinds.PROFILE_BINDING, ProfileBinding, namespace)
     heard: list[str] = []
     cache.add_event_handler(lambda b: heard.append(f"{b.metadata.name}:{b.spec.image}"))
     cache._list()  # what the cache thread does first; called here so that no watch runs yet
-    assert sorted(heard) == ["kept:a", "missed:a"]
+    assert sorted(heard) == ["kept:a", "missed:m"]
     heard.clear()
     # Deleted while no watch ran (as before a 410 Gone): only the next list can tell.
     objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "missed")
     cache._list()
-    assert heard == ["missed:a"], "an unchanged object was reported, or the deletion was not"
+    assert heard == ["missed:m"], "an unchanged object was reported, or the deletion was not"
     assert cache.get("missed", namespace) is None
     heard.clear()
     cache.start()
