@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import threading
-import urllib.parse
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
@@ -59,8 +58,8 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument(
         "--cert-manager",
         action="store_true",
-        help="cert-manager issues the webhook's Secret: manage no certificates (without it and without "
-        f"--ca-file, the reconciler keeps the {constants.WEBHOOK_CERT_SECRET} and "
+        help="cert-manager issues the webhook's Secret: manage no certificates (without it, --ca-file and "
+        f"--webhook-url, the reconciler keeps the {constants.WEBHOOK_CERT_SECRET} and "
         f"{constants.WEBHOOK_CA_SECRET} Secrets)",
     )
     parser.add_argument(
@@ -173,30 +172,27 @@ def build_manager(args: argparse.Namespace) -> Manager:
         timing = LeaseTiming(duration, duration * 2 / 3, duration * 2 / 15)
         elector = LeaderElector(api, args.namespace, identity, timing)
     manager = Manager(elector=elector)
-    hosts = None
-    if not (args.ca_file or args.cert_manager):
-        hosts = [str(urllib.parse.urlsplit(args.webhook_url).hostname)] if args.webhook_url else []
-    register_controllers(manager, api, settings, hosts)
+    # The certificates are ours only in a cluster: with --webhook-url the webhook runs outside it and
+    # reads its own files, whose CA comes with --ca-file (or from the Secret's ca.crt, kept by others).
+    certificates = not (args.ca_file or args.cert_manager or args.webhook_url)
+    register_controllers(manager, api, settings, certificates=certificates)
     return manager
 
 
 def register_controllers(
-    manager: Manager, api: client.ApiClient, settings: Settings, certificate_hosts: list[str] | None = None
+    manager: Manager, api: client.ApiClient, settings: Settings, *, certificates: bool = False
 ) -> None:
     """Every controller the reconciler runs, with the caches it reads: add new ones here (the guide
-    is the docstring of reconciler/runtime.py). ``certificate_hosts``: keep the webhook's certificates,
-    for these names ([] for the webhook Service's); None leaves them to cert-manager or a CA file."""
+    is the docstring of reconciler/runtime.py). ``certificates``: keep the webhook's certificates
+    (not when cert-manager or a CA file provides them)."""
     spods = SpodReconciler(api, settings)
     for cache in spods.caches():
         manager.cache(cache)
     spod_controller = manager.add(spods.controller())
-    if certificate_hosts is not None:
+    if certificates:
         # A new CA bundle: the spod controller re-applies the configurations (caBundle from the Secret).
         CertificateReconciler(
-            api,
-            settings.namespace,
-            hosts=certificate_hosts,
-            on_bundle_change=lambda: spod_controller.enqueue(spods.key),
+            api, settings.namespace, on_bundle_change=lambda: spod_controller.enqueue(spods.key)
         ).register(manager)
 
 

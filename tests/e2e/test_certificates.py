@@ -274,8 +274,10 @@ def test_spo_reconciler_makes_the_secrets_and_publishes_their_bundle(
     serving.verify_directly_issued_by(x509.load_pem_x509_certificate(ca[constants.CA_CERT_FILE]))
 
 
-@pytest.mark.parametrize("flag", [["--cert-manager"], ["--ca-file", "ca.crt"]])
-def test_certificates_are_left_to_cert_manager_or_a_ca_file(
+@pytest.mark.parametrize(
+    "flag", [["--cert-manager"], ["--ca-file", "ca.crt"], ["--webhook-url", "https://127.0.0.1:9443"]]
+)
+def test_certificates_are_left_to_cert_manager_a_ca_file_or_a_local_webhook(
     control_plane: localcluster.ControlPlane, namespace: str, flag: list[str]
 ) -> None:
     manager = build_manager(_reconciler_args(control_plane, namespace, *flag))
