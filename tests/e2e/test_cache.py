@@ -186,7 +186,6 @@ def test_handlers_hear_changes_and_a_relist_reports_deletions_the_watch_missed(
 ) -> None:
     objects = client.CustomObjectsApi(kube)
     objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("kept", "a"))
-    # Another image: two bindings of one kind for one image are refused at admission.
     objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("missed", "m"))
     cache = ResourceCache(kube, kinds.PROFILE_BINDING, ProfileBinding, namespace)
     heard: list[str] = []
