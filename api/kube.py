@@ -57,11 +57,21 @@ class ResourceCache(Generic[R]):
         self._stopping = threading.Event()
         self._stream: watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, name=f"cache-{kind.plural}", daemon=True)
+        self._listeners: list[Callable[[str], None]] = []
+        self._listed_keys: set[str] = set()
 
     # --- readers -------------------------------------------------------------------------------
     @property
     def kind(self) -> ResourceKind:
         return self._kind
+
+    def objects(self) -> tuple[R, ...]:
+        return tuple(self._objects.values())
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener` with the key ("<namespace>/<name>") of every object listed, added, changed or
+        deleted, after the cache holds the change (a controller enqueues keys from it). Add before start."""
+        self._listeners.append(listener)
 
     def get(self, name: str, namespace: str = "") -> R | None:
         return self._objects.get(f"{namespace}/{name}")
@@ -135,6 +145,10 @@ class ResourceCache(Generic[R]):
             self._objects = fresh
             self._invalid = invalid
             self._reindex()
+            previous_keys = self._listed_keys
+            self._listed_keys = set(fresh) | set(invalid)
+        # A re-list also reports the objects deleted while the watch was down.
+        self._notify(previous_keys | self._listed_keys)
         self._synced.set()
         return str(listing["metadata"]["resourceVersion"])
 
@@ -169,6 +183,16 @@ class ResourceCache(Generic[R]):
                     objects[key] = parsed
             self._objects, self._invalid = objects, invalid
             self._reindex()
+            if event_type == "DELETED":
+                self._listed_keys.discard(key)
+            else:
+                self._listed_keys.add(key)
+        self._notify({key})
+
+    def _notify(self, keys: Iterable[str]) -> None:
+        for listener in self._listeners:
+            for key in keys:
+                listener(key)
 
     def _reindex(self) -> None:
         self._by_namespace = _by_namespace(self._objects.values(), lambda o: o.metadata.namespace or "")

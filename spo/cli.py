@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import agent.cli
 import certs.cli
 import manifests.cli
 import webhooks.cli
@@ -40,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the spod DaemonSet, webhook configurations and profile statuses (not built yet)",
         description="The leader-elected reconciler. Not built yet: its issue is still open.",
     )
-    subparsers.add_parser(
-        "agent",
-        parents=[_not_built("agent")],
-        help="node agent: profile files, SELinux policies, audit logs (not built yet)",
-        description="The per-node agent. Not built yet: its issue is still open.",
-    )
+    agent.cli.register_cli(subparsers)
     certs.cli.register_cli(subparsers)
     manifests.cli.register_cli(subparsers)
     up.register_cli(subparsers)

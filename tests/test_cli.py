@@ -35,7 +35,7 @@ def test_every_subcommand_has_help(args: list[str]) -> None:
     assert len(description.split()) >= 5, f"{args}: no description: {result.stdout}"
 
 
-@pytest.mark.parametrize("component", ["reconciler", "agent"])
+@pytest.mark.parametrize("component", ["reconciler"])
 def test_unbuilt_component_exits_2(component: str) -> None:
     result = _run(component)
     assert result.returncode == 2
