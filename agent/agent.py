@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 _NOT_FOUND = 404
 _CONFLICT = 409
+_JSON_PATCH = "application/json-patch+json"
+_MERGE_PATCH = "application/merge-patch+json"
 METRIC_PREFIX = "security_profiles_operator_"
 CANNOT_UPDATE_NODE_STATUS = "CannotUpdateNodeStatus"
 SYNC_TIMEOUT_SECONDS = 120.0
@@ -279,7 +281,9 @@ class Agent:
 
     def _patch_profile(self, handler: KindHandler, name: str, operations: list[dict[str, Any]]) -> None:
         kind = handler.kind
-        self._custom.patch_cluster_custom_object(kind.group, kind.version, kind.plural, name, operations)
+        self._custom.patch_cluster_custom_object(
+            kind.group, kind.version, kind.plural, name, operations, _content_type=_JSON_PATCH
+        )
 
     # --- node status ----------------------------------------------------------------------------
     def _set_node_status(self, handler: KindHandler, profile: ProfileResource, desired: Desired) -> None:
@@ -333,7 +337,12 @@ class Agent:
                         raise
             patch = {"metadata": {"labels": labels}, "status": str(state), "message": message}
             self._custom.patch_cluster_custom_object(
-                NODE_STATUS.group, NODE_STATUS.version, NODE_STATUS.plural, status_name, patch
+                NODE_STATUS.group,
+                NODE_STATUS.version,
+                NODE_STATUS.plural,
+                status_name,
+                patch,
+                _content_type=_MERGE_PATCH,
             )
         except ApiException:
             self.metrics.errors[handler.metric_prefix].labels(CANNOT_UPDATE_NODE_STATUS).inc()

@@ -15,8 +15,10 @@ from kubernetes.client.exceptions import ApiException
 import certs
 import manifests.crds
 from api import constants
+from api.baseprofiles import builtin_base_profiles
+from api.kinds import SECCOMP_PROFILE
 from api.kube import api_client
-from api.types import SecurityProfilesOperatorDaemon, default_spod
+from api.types import SeccompProfile, SecurityProfilesOperatorDaemon, default_spod
 from reconciler.webhook_config import (
     Endpoint,
     apply_webhook_configurations,
@@ -44,6 +46,19 @@ def _ensure_spod(api: client.ApiClient, namespace: str) -> SecurityProfilesOpera
     return spod
 
 
+def ensure_builtin_base_profiles(api: client.ApiClient) -> None:
+    """Create the built-in base profiles that do not exist (a user's own of that name is kept)."""
+    objects = client.CustomObjectsApi(api)
+    for profile in builtin_base_profiles():
+        try:
+            objects.create_cluster_custom_object(
+                constants.GROUP, SeccompProfile.VERSION, SECCOMP_PROFILE.plural, profile.to_dict()
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+
 def start_webhook(
     cluster: localcluster.ControlPlane, namespace: str, port: int, name: str = "webhook"
 ) -> subprocess.Popen[bytes]:
@@ -65,6 +80,37 @@ def start_webhook(
     context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
     cluster.wait_until(
         lambda: localcluster.http_ok(f"https://127.0.0.1:{port}/readyz", context), "webhook /readyz"
+    )
+    return process
+
+
+def start_agent(
+    cluster: localcluster.ControlPlane,
+    node_name: str,
+    kubelet_dir: Path,
+    namespace: str,
+    port: int,
+    *,
+    name: str = "agent",
+) -> subprocess.Popen[bytes]:
+    """`spo agent` for `node_name` as a host process writing below `kubelet_dir`; returns once its
+    caches are synced (/healthz)."""
+    argv = [
+        sys.executable, "-P", "-m", "spo.cli", "agent",
+        "--node-name", node_name,
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--namespace", namespace,
+        "--kubelet-dir", str(kubelet_dir),
+        "--host", "127.0.0.1",
+        "--metrics-port", str(port),
+    ]  # fmt: skip
+    with cluster.log_file(name).open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    cluster.processes[name] = process
+    cluster.wait_until(
+        lambda: localcluster.http_ok(f"http://127.0.0.1:{port}{constants.PATH_HEALTHZ}"), f"{name} /healthz"
     )
     return process
 
@@ -110,7 +156,12 @@ def bring_up(
         localcluster.install_crds(api, manifests.crds.all_crds())
         localcluster.ensure_namespace(api, namespace)
         spod = _ensure_spod(api, namespace)
+        ensure_builtin_base_profiles(api)
         start_webhook(cluster, namespace, webhook_port)
+        if with_node:
+            start_agent(
+                cluster, facts["node"], local_node.paths.kubelet_root, namespace, localcluster.free_port()
+            )
         endpoint = Endpoint(url=f"https://127.0.0.1:{webhook_port}")
         bundle = certs.ca_bundle(
             certs.load_pair(cluster.pki.directory, constants.CA_CERT_FILE, constants.CA_KEY_FILE)
