@@ -135,6 +135,13 @@ KUBELET_DIR: Final = "/var/lib/kubelet"
 SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
 OPERATOR_ROOT: Final = "/var/lib/security-profiles-operator"
 SELINUX_POLICY_DIR: Final = "/etc/selinux.d"
+SELINUXFS: Final = "/sys/fs/selinux"  # has `enforce` when the kernel runs SELinux
+# Compile-only SELinux mode: Debian's reference policy base module and libselinux's .pp -> CIL converter
+# (packages selinux-policy-default and policycoreutils), and udica's container templates.
+REFPOLICY_BASE_MODULE: Final = "/usr/share/selinux/default/base.pp.bz2"
+PP_TO_CIL: Final = "/usr/libexec/selinux/hll/pp"
+UDICA_TEMPLATES_DIR: Final = "usr/share/udica/templates"  # inside the udica Python distribution
+UDICA_BASE_TEMPLATE: Final = "base_container.cil"  # declares the `container` block
 AUDIT_LOG_PATH: Final = "/var/log/audit/audit.log"
 SYSLOG_PATH: Final = "/var/log/syslog"
 RECORDINGS_DIR: Final = "/tmp/security-profiles-operator-recordings"
@@ -144,6 +151,9 @@ WEBHOOK_CERT_DIR: Final = "/tmp/k8s-webhook-server/serving-certs"
 LOG_ENRICHER_TRACE_PROFILE: Final = "log-enricher-trace"
 SELINUX_RECORDING_TYPE: Final = "selinuxrecording.process"
 SELINUX_TYPE_SUFFIX: Final = ".process"
+# The system template every container policy builds on (udica's base_container.cil declares it).
+SELINUX_CONTAINER_TEMPLATE: Final = "container"
+SELINUX_POLICY_SUFFIX: Final = ".cil"  # <selinux-dir>/<name>.cil, installed as module <name>
 
 # --- node images (built locally, imported into the node's containerd; nothing is ever pulled) ----
 # The sandbox image containerd is configured with; ours is a local build tagged with this name.

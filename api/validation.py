@@ -13,6 +13,7 @@ SELINUX_IDENTIFIER_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"
 SYSCALL_NAME_PATTERN = r"^[a-z0-9_]+$"
 SELF_KEYWORD = "@self"
 SELINUX_TYPE_OR_SELF_PATTERN = r"^(@self|[a-zA-Z0-9][a-zA-Z0-9._-]*)$"
+# fullmatch, not match: `$` also matches before a final "\n", which the apiserver's RE2 does not allow.
 _DNS1123_SUBDOMAIN = re.compile(DNS1123_SUBDOMAIN_PATTERN)
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SELINUX_IDENTIFIER = re.compile(SELINUX_IDENTIFIER_PATTERN)
@@ -20,7 +21,7 @@ _SYSCALL_NAME = re.compile(SYSCALL_NAME_PATTERN)
 
 
 def dns1123_subdomain(value: str) -> str:
-    if len(value) > DNS1123_SUBDOMAIN_MAX_LENGTH or not _DNS1123_SUBDOMAIN.match(value):
+    if len(value) > DNS1123_SUBDOMAIN_MAX_LENGTH or not _DNS1123_SUBDOMAIN.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', "
             "starting and ending alphanumeric, at most 253 characters)"
@@ -29,7 +30,7 @@ def dns1123_subdomain(value: str) -> str:
 
 
 def dns1123_label(value: str) -> str:
-    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+    if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a DNS-1123 label (lower-case alphanumerics and '-', "
             "starting and ending alphanumeric, at most 63 characters)"
@@ -45,7 +46,7 @@ def profile_name(value: str) -> str:
 
 
 def selinux_identifier(value: str) -> str:
-    if not _SELINUX_IDENTIFIER.match(value):
+    if not _SELINUX_IDENTIFIER.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a plain SELinux identifier (letters, digits, '.', '_' and '-', "
             "starting with a letter or digit)"
@@ -58,6 +59,6 @@ def selinux_type_or_self(value: str) -> str:
 
 
 def syscall_name(value: str) -> str:
-    if not _SYSCALL_NAME.match(value):
+    if not _SYSCALL_NAME.fullmatch(value):
         raise ValueError(f"syscall name {value!r} must match [a-z0-9_]+")
     return value

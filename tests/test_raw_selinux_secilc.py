@@ -9,38 +9,22 @@ have installed, not a typo.
 
 from __future__ import annotations
 
-import bz2
 import os
 import shutil
 import subprocess
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from agent.selinux import CONTAINER_SELINUX_SHIM, ToolError, udica_templates_dir, write_reference_base
+from api.constants import SELINUX_POLICY_SUFFIX, UDICA_BASE_TEMPLATE
 from tests.raw_selinux_corpus import ACCEPTED, ESCAPES, Escape, Policy
 
 SECILC = shutil.which("secilc")
 pytestmark = pytest.mark.skipif(SECILC is None, reason="secilc is not installed (hack/setup.sh installs it)")
 
-# Debian's reference policy (package selinux-policy-default) and the .pp to CIL converter
-# (policycoreutils): hack/setup.sh installs both with secilc.
-REFPOLICY_BASE = Path("/usr/share/selinux/default/base.pp.bz2")
-PP_TO_CIL = Path("/usr/libexec/selinux/hll/pp")
-# Debian's refpolicy has no container module: these are the names of container-selinux that the udica
-# template refers to, and its privileged container type spc_t.
-CONTAINER_SELINUX_SHIM = """\
-(typeattribute svirt_sandbox_domain)
-(typeattribute container_domain)
-(typeattribute sandbox_net_domain)
-(type container_runtime_t)
-(roletype system_r container_runtime_t)
-(type spc_t)
-(roletype system_r spc_t)
-"""
-TEMPLATE = "base_container.cil"
 ESCAPE_BLOCK = "escapetest"
 
 
@@ -50,27 +34,17 @@ def agent_file(block: str, policy: str) -> str:
 
 
 def udica_template() -> Path:
-    files = metadata.distribution("udica").files or []
-    found = [file.locate() for file in files if file.name == TEMPLATE]
-    if not found:
-        pytest.fail(f"the udica package has no {TEMPLATE} (pip install -e '.[test]' installs udica)")
-    return Path(found[0])
+    directory = udica_templates_dir()
+    if directory is None:
+        pytest.fail(f"the udica package has no {UDICA_BASE_TEMPLATE} (pip install -e . installs udica)")
+    return directory / UDICA_BASE_TEMPLATE
 
 
 def reference_base(directory: Path) -> Path:
-    if not (REFPOLICY_BASE.exists() and PP_TO_CIL.exists()):
-        pytest.fail(
-            f"{REFPOLICY_BASE} or {PP_TO_CIL} is missing: install selinux-policy-default and "
-            "policycoreutils (hack/setup.sh does)"
-        )
-    converted = subprocess.run(
-        [PP_TO_CIL], input=bz2.decompress(REFPOLICY_BASE.read_bytes()), capture_output=True, check=True
-    ).stdout.decode()
-    # The login mappings name users of modules that are not in base; one default mapping replaces them.
-    lines = [line for line in converted.splitlines() if not line.startswith("(selinuxuser")]
-    base = directory / "base.cil"
-    base.write_text("\n".join([*lines, "(selinuxuserdefault user_u ((s0) (s0)))", ""]))
-    return base
+    try:
+        return write_reference_base(directory / f"base{SELINUX_POLICY_SUFFIX}")
+    except ToolError as error:
+        pytest.fail(f"{error} (hack/setup.sh installs them)")
 
 
 def compile_all(directory: Path, policies: Mapping[str, tuple[str, str]]) -> dict[str, str | None]:
