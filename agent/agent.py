@@ -316,8 +316,9 @@ class Agent:
                         "kind": handler.kind.kind,
                         "name": name,
                         "uid": profile.metadata.uid,
+                        # No blockOwnerDeletion: it needs update on the profile's finalizers, which
+                        # the spod's role does not grant (and the node's finalizer blocks anyway).
                         "controller": True,
-                        "blockOwnerDeletion": True,
                     }
                 ],
             },
@@ -367,27 +368,31 @@ class Agent:
             self._stopping.wait(constants.HEARTBEAT_RENEW_SECONDS)
 
     def renew_heartbeat(self) -> None:
-        """Renew this node's Lease; create it (and note the acquire time) if it is missing."""
+        """Renew this node's Lease (get and update, as the spod's Role allows); create it if missing."""
         now = datetime.datetime.now(datetime.UTC)
+        # The client writes isoformat(), which drops a zero fraction; a MicroTime must have one.
+        now = now.replace(microsecond=now.microsecond or 1)
         name = heartbeat_lease_name(self.config.node_name)
-        spec = {
-            "holderIdentity": self.config.node_name,
-            "leaseDurationSeconds": constants.HEARTBEAT_LEASE_DURATION_SECONDS,
-            "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        }
         try:
-            self._coordination.patch_namespaced_lease(name, self.config.namespace, {"spec": spec})
+            lease = self._coordination.read_namespaced_lease(name, self.config.namespace)
         except ApiException as error:
             if error.status != _NOT_FOUND:
                 raise
-            spec["acquireTime"] = spec["renewTime"]
-            body = client.V1Lease(
+            lease = client.V1Lease(
                 metadata=client.V1ObjectMeta(
                     name=name, labels={constants.LABEL_NODE_NAME: self.config.node_name}
                 ),
-                spec=spec,
+                spec=client.V1LeaseSpec(acquire_time=now),
             )
-            self._coordination.create_namespaced_lease(self.config.namespace, body)
+        spec = lease.spec or client.V1LeaseSpec()
+        spec.holder_identity = self.config.node_name
+        spec.lease_duration_seconds = constants.HEARTBEAT_LEASE_DURATION_SECONDS
+        spec.renew_time = now
+        lease.spec = spec
+        if lease.metadata is not None and lease.metadata.resource_version:
+            self._coordination.replace_namespaced_lease(name, self.config.namespace, lease)
+        else:
+            self._coordination.create_namespaced_lease(self.config.namespace, lease)
 
 
 def _owner_name(status: SecurityProfileNodeStatus) -> str | None:
