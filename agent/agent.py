@@ -221,12 +221,26 @@ class Agent:
             self.metrics.errors[handler.metric_prefix].labels(desired.error.reason).inc()
             log.warning("%s %s: %s", handler.kind.kind, name, desired.error.message)
         if desired.content is not None:
-            if handler.files.write(name, desired.content):
-                self.metrics.operations[handler.metric_prefix].labels("update").inc()
-                log.info("%s %s: saved %s", handler.kind.kind, name, handler.file_name(name))
+            self._install(handler, profile, desired.content)
         else:
             self._uninstall_file(handler, name)
         self._set_node_status(handler, profile, desired)
+
+    def _install(self, handler: KindHandler, profile: ProfileResource, content: bytes) -> None:
+        """Pending until the file is on disk; a failed write is an Error saying why, retried."""
+        name = profile.metadata.name or ""
+        if self._statuses.get(node_status_name(name, self.config.node_name)) is None:
+            self._write_node_status(handler, profile, ProfileState.PENDING, None)
+        try:
+            changed = handler.files.write(name, content)
+        except OSError as error:
+            self.metrics.errors[handler.metric_prefix].labels(handler.save_error_reason).inc()
+            message = f"cannot save {handler.file_name(name)} on {self.config.node_name}: {error}"
+            self._write_node_status(handler, profile, ProfileState.ERROR, message)
+            raise
+        if changed:
+            self.metrics.operations[handler.metric_prefix].labels("update").inc()
+            log.info("%s %s: saved %s", handler.kind.kind, name, handler.file_name(name))
 
     def _uninstall(self, handler: KindHandler, name: str) -> None:
         self._uninstall_file(handler, name)

@@ -49,6 +49,10 @@ class KindHandler(Protocol):
     def metric_prefix(self) -> str:
         """Metric families: `<prefix>_total{operation}` and `<prefix>_error_total{reason}`."""
 
+    @property
+    def save_error_reason(self) -> str:
+        """The error reason when the node cannot hold the profile (docs table 7.1)."""
+
     def desired(self, profile: ProfileResource, view: View) -> Desired: ...
 
     def file_name(self, profile_name: str) -> str: ...
@@ -78,6 +82,7 @@ def seccomp_supported(proc: Path) -> bool:
 class SeccompHandler:
     kind = SECCOMP_PROFILE
     metric_prefix = "seccomp_profile"
+    save_error_reason = "CannotSaveSeccompProfile"
 
     def __init__(self, kubelet_dir: Path, supported: Callable[[], bool]) -> None:
         self.files: DirectoryFiles = DirectoryFiles(

@@ -388,3 +388,20 @@ def test_sigkill_during_a_burst_converges_on_restart(agent: RunningAgent) -> Non
         )
         assert (agent.operator_dir / f"{name}.json").read_bytes() == expected
     kubectl(agent.cluster.kubeconfig, "delete", "sp", *kept, "--wait=false")
+
+
+def test_a_file_the_node_cannot_save_is_an_error_then_retried(agent: RunningAgent) -> None:
+    """CannotSaveSeccompProfile: the node status says why; once the node can hold it, Installed."""
+    blocker = agent.kubelet_dir / "seccomp"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"not a directory")
+    name = unique("unsaved")
+    apply(agent.cluster.kubeconfig, seccomp_profile(name, {"defaultAction": "SCMP_ACT_LOG"}))
+    status = wait_state(agent.kube, name, agent.node, "Error")
+    assert f"cannot save {name}.json on {agent.node}" in status["message"]
+    assert 'seccomp_profile_error_total{reason="CannotSaveSeccompProfile"}' in agent.get(
+        constants.PATH_METRICS_SPOD
+    )
+    blocker.unlink()
+    wait_state(agent.kube, name, agent.node, "Installed")
+    assert (agent.operator_dir / f"{name}.json").exists()
