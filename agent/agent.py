@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 _NOT_FOUND = 404
 _CONFLICT = 409
 _JSON_PATCH = "application/json-patch+json"
+_EVENT_COMPONENT = "spod"
+# Events about cluster-scoped objects are recorded in `default`, as client-go's recorder does.
+_CLUSTER_SCOPED_EVENTS_NAMESPACE = "default"
 _MERGE_PATCH = "application/merge-patch+json"
 METRIC_PREFIX = "security_profiles_operator_"
 CANNOT_UPDATE_NODE_STATUS = "CannotUpdateNodeStatus"
@@ -97,6 +100,7 @@ class Agent:
         self.config = config
         self._custom = client.CustomObjectsApi(api)
         self._coordination = client.CoordinationV1Api(api)
+        self._core = client.CoreV1Api(api)
         self._handlers = {handler.kind.kind: handler for handler in handlers}
         self._profiles: dict[str, ResourceCache[Any]] = {
             kind: ResourceCache(api, handler.kind, handler.kind.model)
@@ -306,6 +310,39 @@ class Agent:
         if current is not None and current.status == desired.state and current.message == message:
             return
         self._write_node_status(handler, profile, desired.state, message)
+        if desired.error is not None:
+            self._event(handler, profile, "Warning", desired.error.reason, desired.error.message)
+        elif desired.state == ProfileState.INSTALLED:
+            saved = f"Successfully saved profile to disk on {self.config.node_name}"
+            self._event(handler, profile, "Normal", handler.saved_reason, saved)
+
+    def _event(
+        self, handler: KindHandler, profile: ProfileResource, kind: str, reason: str, message: str
+    ) -> None:
+        """An Event on the profile (`kubectl describe`), once per change of this node's state. Events
+        are best effort: a failure is logged, never retried."""
+        now = datetime.datetime.now(datetime.UTC)
+        name = profile.metadata.name or ""
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}."),
+            involved_object=client.V1ObjectReference(
+                api_version=handler.kind.api_version,
+                kind=handler.kind.kind,
+                name=name,
+                uid=profile.metadata.uid,
+            ),
+            reason=reason,
+            message=message,
+            type=kind,
+            source=client.V1EventSource(component=_EVENT_COMPONENT, host=self.config.node_name),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self._core.create_namespaced_event(_CLUSTER_SCOPED_EVENTS_NAMESPACE, event)
+        except ApiException as error:
+            log.warning("event %s on %s: %s", reason, name, error.reason)
 
     def _write_node_status(
         self, handler: KindHandler, profile: ProfileResource, state: ProfileState, message: str | None

@@ -53,6 +53,10 @@ class KindHandler(Protocol):
     def save_error_reason(self) -> str:
         """The error reason when the node cannot hold the profile (docs table 7.1)."""
 
+    @property
+    def saved_reason(self) -> str:
+        """The reason of the Normal event once this node holds the profile."""
+
     def desired(self, profile: ProfileResource, view: View) -> Desired: ...
 
     def file_name(self, profile_name: str) -> str: ...
@@ -83,6 +87,7 @@ class SeccompHandler:
     kind = SECCOMP_PROFILE
     metric_prefix = "seccomp_profile"
     save_error_reason = "CannotSaveSeccompProfile"
+    saved_reason = "SavedSeccompProfile"
 
     def __init__(self, kubelet_dir: Path, supported: Callable[[], bool]) -> None:
         self.files: DirectoryFiles = DirectoryFiles(

@@ -313,6 +313,10 @@ def test_docs_allowed_syscalls(agent: RunningAgent) -> None:
     assert not (agent.operator_dir / f"{earlier}.json").exists()
     metrics = agent.get(constants.PATH_METRICS_SPOD)
     assert 'security_profiles_operator_seccomp_profile_error_total{reason="ProfileNotAllowed"}' in metrics
+    described = kubectl(kubeconfig, "describe", "sp", denied).stdout
+    assert "ProfileNotAllowed" in described and "syscall not allowed: bpf" in described
+    described = kubectl(kubeconfig, "describe", "sp", compliant).stdout
+    assert f"Successfully saved profile to disk on {agent.node}" in described
 
 
 def test_health_metrics_and_heartbeat(agent: RunningAgent) -> None:
