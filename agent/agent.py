@@ -17,7 +17,7 @@ import datetime
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,9 +148,6 @@ class Agent:
     def ready(self) -> bool:
         return self._started.is_set() and not self._stopping.is_set()
 
-    def idle(self) -> bool:
-        return self._started.is_set() and self._queue.idle()
-
     def stop(self) -> None:
         self._stopping.set()
         self._queue.stop()
@@ -159,7 +156,7 @@ class Agent:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def _spawn(self, name: str, target: Any) -> None:
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -177,13 +174,21 @@ class Agent:
                 self._queue.add(f"{kind}/{other.metadata.name}")
 
     def _on_node_status(self, key: str) -> None:
-        status = self._statuses.get(key.split("/", 1)[1])
-        if self._started.is_set() and status is not None and status.node_name == self.config.node_name:
-            labels = status.metadata.labels or {}
-            kind = labels.get(constants.LABEL_PROFILE_KIND)
+        if not self._started.is_set():
+            return
+        name = key.split("/", 1)[1]
+        status = self._statuses.get(name)
+        if status is None:
+            # Deleted (by someone else): the profile of that name, if any, gets its status back.
+            suffix = f"-{self.config.node_name}"
+            if name.endswith(suffix):
+                for kind in self._handlers:
+                    self._queue.add(f"{kind}/{name.removesuffix(suffix)}")
+        elif status.node_name == self.config.node_name:
+            owner_kind = (status.metadata.labels or {}).get(constants.LABEL_PROFILE_KIND)
             owner = _owner_name(status)
-            if kind in self._handlers and owner:
-                self._queue.add(f"{kind}/{owner}")
+            if owner_kind in self._handlers and owner:
+                self._queue.add(f"{owner_kind}/{owner}")
 
     def _enqueue_all(self) -> None:
         if not self._started.is_set():

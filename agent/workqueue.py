@@ -38,10 +38,6 @@ class WorkQueue:
             heapq.heappush(self._delayed, (time.monotonic() + delay, key))
             self._cond.notify()
 
-    def idle(self) -> bool:
-        with self._cond:
-            return not (self._pending or self._active or self._delayed)
-
     def stop(self) -> None:
         with self._cond:
             self._stopped = True

@@ -79,4 +79,3 @@ def test_a_failing_key_is_retried_until_it_succeeds() -> None:
     queue.stop()
     thread.join(10)
     assert len(attempts) == 3
-    assert queue.idle()

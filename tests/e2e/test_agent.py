@@ -409,3 +409,18 @@ def test_a_file_the_node_cannot_save_is_an_error_then_retried(agent: RunningAgen
     blocker.unlink()
     wait_state(agent.kube, name, agent.node, "Installed")
     assert (agent.operator_dir / f"{name}.json").exists()
+
+
+def test_a_deleted_node_status_comes_back(agent: RunningAgent) -> None:
+    name = unique("restored")
+    apply(agent.cluster.kubeconfig, seccomp_profile(name, {"defaultAction": "SCMP_ACT_LOG"}))
+    first = wait_state(agent.kube, name, agent.node, "Installed")
+    kubectl(agent.cluster.kubeconfig, "delete", NODE_STATUS.plural, f"{name}-{agent.node}")
+    wait_for(
+        lambda: (
+            (node_status(agent.kube, name, agent.node) or first)["metadata"]["uid"]
+            != first["metadata"]["uid"]
+        ),
+        "a new node status",
+    )
+    wait_state(agent.kube, name, agent.node, "Installed")
