@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -396,9 +397,13 @@ def test_sigkill_during_a_burst_converges_on_restart(agent: RunningAgent) -> Non
 
 def test_a_file_the_node_cannot_save_is_an_error_then_retried(agent: RunningAgent) -> None:
     """CannotSaveSeccompProfile: the node status says why; once the node can hold it, Installed."""
+    # Before the agent starts: it writes the files of other tests' profiles at once.
+    agent.stop()
+    shutil.rmtree(agent.kubelet_dir, ignore_errors=True)
     blocker = agent.kubelet_dir / "seccomp"
-    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.parent.mkdir(parents=True)
     blocker.write_bytes(b"not a directory")
+    agent.start()
     name = unique("unsaved")
     apply(agent.cluster.kubeconfig, seccomp_profile(name, {"defaultAction": "SCMP_ACT_LOG"}))
     status = wait_state(agent.kube, name, agent.node, "Error")
