@@ -129,9 +129,9 @@ class Agent:
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         for kind, cache in self._profiles.items():
-            cache.add_listener(functools.partial(self._on_profile, kind))
-        self._statuses.add_listener(self._on_node_status)
-        self._spods.add_listener(lambda _key: self._enqueue_all())
+            cache.add_event_handler(functools.partial(self._on_profile, kind))
+        self._statuses.add_event_handler(self._on_node_status)
+        self._spods.add_event_handler(lambda _spod: self._enqueue_all())
         caches = [*self._profiles.values(), self._statuses, self._spods]
         for cache in caches:
             cache.start()
@@ -162,39 +162,31 @@ class Agent:
         self._threads.append(thread)
 
     # --- events to keys -------------------------------------------------------------------------
-    def _on_profile(self, kind: str, key: str) -> None:
+    def _on_profile(self, kind: str, profile: ProfileResource) -> None:
         if not self._started.is_set():
             return  # start() enqueues everything once the caches are synced
-        name = key.split("/", 1)[1]
+        name = profile.metadata.name
         self._queue.add(f"{kind}/{name}")
         # Profiles built on this one change with it.
         handler = self._handlers[kind]
-        for other in self._profiles[kind].objects():
+        for other in self._profiles[kind].items():
             if handler.depends_on(other) == name:
                 self._queue.add(f"{kind}/{other.metadata.name}")
 
-    def _on_node_status(self, key: str) -> None:
-        if not self._started.is_set():
+    def _on_node_status(self, status: SecurityProfileNodeStatus) -> None:
+        """Changed or deleted (by someone else): its profile gets this node's status right again."""
+        if not self._started.is_set() or status.node_name != self.config.node_name:
             return
-        name = key.split("/", 1)[1]
-        status = self._statuses.get(name)
-        if status is None:
-            # Deleted (by someone else): the profile of that name, if any, gets its status back.
-            suffix = f"-{self.config.node_name}"
-            if name.endswith(suffix):
-                for kind in self._handlers:
-                    self._queue.add(f"{kind}/{name.removesuffix(suffix)}")
-        elif status.node_name == self.config.node_name:
-            owner_kind = (status.metadata.labels or {}).get(constants.LABEL_PROFILE_KIND)
-            owner = _owner_name(status)
-            if owner_kind in self._handlers and owner:
-                self._queue.add(f"{owner_kind}/{owner}")
+        owner_kind = (status.metadata.labels or {}).get(constants.LABEL_PROFILE_KIND)
+        owner = _owner_name(status)
+        if owner_kind in self._handlers and owner:
+            self._queue.add(f"{owner_kind}/{owner}")
 
     def _enqueue_all(self) -> None:
         if not self._started.is_set():
             return
         for kind, cache in self._profiles.items():
-            for profile in cache.objects():
+            for profile in cache.items():
                 self._queue.add(f"{kind}/{profile.metadata.name}")
 
     def _failed(self, key: str, error: Exception) -> None:
@@ -205,7 +197,7 @@ class Agent:
         """Remove the files no existing profile names, and temporary files a crash left."""
         for kind, handler in self._handlers.items():
             handler.files.sweep()
-            wanted = {handler.file_name(p.metadata.name) for p in self._profiles[kind].objects()}
+            wanted = {handler.file_name(p.metadata.name) for p in self._profiles[kind].items()}
             for file_name in handler.files.names() - wanted:
                 if handler.files.remove(file_name):
                     log.info("removed %s: no %s of that name exists", file_name, kind)

@@ -43,7 +43,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     parser.add_argument("--proc", type=Path, default=Path(constants.PROC_DIR), help="the host's /proc")
     parser.add_argument("--host", default="0.0.0.0", help="address of the metrics and health server")  # noqa: S104
-    parser.add_argument("--metrics-port", type=int, default=constants.AGENT_METRICS_PORT)
+    parser.add_argument("--metrics-port", type=int, default=constants.SPOD_METRICS_PORT)
     parser.set_defaults(func=run)
 
 

@@ -249,7 +249,21 @@ LABEL_VALUE_MAX_LENGTH: Final = 63
 HEARTBEAT_LEASE_PREFIX: Final = "spod-heartbeat-"
 HEARTBEAT_LEASE_DURATION_SECONDS: Final = 40
 HEARTBEAT_RENEW_SECONDS: Final = 10
-AGENT_METRICS_PORT: Final = 9443  # the daemon's /metrics, /metrics-spod and /healthz (plain HTTP)
 PROC_DIR: Final = "/proc"
 # Built-in base profiles (api/baseprofiles.py) carry this label so users can tell them from their own.
 LABEL_BUILTIN_BASE_PROFILE: Final = "spo.x-k8s.io/builtin-base-profile"
+
+# --- reconciler ---------------------------------------------------------------------------------
+# The field manager of every server-side apply the reconciler makes: it owns exactly those fields.
+FIELD_MANAGER: Final = "security-profiles-operator"
+LEADER_LEASE: Final = "security-profiles-operator-lock"  # upstream's leader election id
+# The spod pod template carries a hash of the configuration it was rendered from, so that every spod
+# change that alters the DaemonSet rolls its pods (docs: "each configuration change triggers a restart").
+ANNOTATION_SPOD_CONFIG_HASH: Final = "security-profiles-operator.x-k8s.io/config-hash"
+FINALIZER_SPOD: Final = "security-profiles-operator.x-k8s.io/spod-cleanup"
+ENV_SELINUXD_IMAGE: Final = "RELATED_IMAGE_SELINUXD"
+DEFAULT_SELINUXD_IMAGE: Final = "quay.io/security-profiles-operator/selinuxd"
+SPOD_CONDITION_READY: Final = "Ready"
+EVENT_REASON_INVALID_SPOD: Final = "InvalidConfiguration"
+SPOD_METRICS_PORT: Final = 9443
+SPOD_HEALTH_PORT: Final = 8085

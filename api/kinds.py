@@ -76,6 +76,39 @@ class ResourceKind:
         return f"{self.plural}.{constants.GROUP}"
 
 
+@dataclass(frozen=True)
+class BuiltinKind:
+    """A Kubernetes kind outside the core group that the operator watches or writes."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+DAEMON_SET = BuiltinKind("apps", "v1", "daemonsets", "DaemonSet", namespaced=True)
+MUTATING_WEBHOOK_CONFIGURATION = BuiltinKind(
+    "admissionregistration.k8s.io",
+    "v1",
+    "mutatingwebhookconfigurations",
+    "MutatingWebhookConfiguration",
+    namespaced=False,
+)
+VALIDATING_WEBHOOK_CONFIGURATION = BuiltinKind(
+    "admissionregistration.k8s.io",
+    "v1",
+    "validatingwebhookconfigurations",
+    "ValidatingWebhookConfiguration",
+    namespaced=False,
+)
+LEASE = BuiltinKind("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
+
+
 _SELINUX_COLUMNS = (
     PrinterColumn("Usage", ".status.usage"),
     PrinterColumn("State", ".status.status"),

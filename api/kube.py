@@ -12,18 +12,33 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import pydantic
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from api.kinds import ResourceKind
-from api.types import InvalidObject, Resource
+from api.types import InvalidObject, KubernetesObject, Resource
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", bound=Resource)
+R = TypeVar("R", bound=Resource | KubernetesObject)
+# Called with each object a watch event or a re-list changed (its last known state when deleted).
+EventHandler = Callable[[R], None]
+
+
+class Watchable(Protocol):
+    """Where a kind is served: api.kinds.ResourceKind (ours) and api.kinds.BuiltinKind both are."""
+
+    @property
+    def group(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def plural(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
 
 WATCH_TIMEOUT_SECONDS = 300
 _MAX_BACKOFF_SECONDS = 30.0
@@ -42,42 +57,48 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 class ResourceCache(Generic[R]):
-    """An in-memory, always-parsed copy of every object of one kind, kept by list+watch."""
+    """An in-memory, always-parsed copy of every object of one kind, kept by list+watch.
 
-    def __init__(self, api: client.ApiClient, kind: ResourceKind, model: type[R]) -> None:
+    Works for any kind served under /apis/<group>/<version> (ours and built-in ones such as
+    DaemonSets or webhook configurations); handlers added with add_event_handler hear every change."""
+
+    def __init__(
+        self, api: client.ApiClient, kind: Watchable, model: type[R], namespace: str | None = None
+    ) -> None:
+        """``namespace``: watch that namespace only (where a Role, not a ClusterRole, grants reading)."""
         self._custom = client.CustomObjectsApi(api)
         self._kind = kind
+        self._namespace = namespace
         self._model = model
         self._objects: dict[str, R] = {}
         self._by_namespace: dict[str, tuple[R, ...]] = {}
         self._invalid: dict[str, InvalidObject] = {}
         self._invalid_by_namespace: dict[str, tuple[InvalidObject, ...]] = {}
+        self._handlers: list[EventHandler[R]] = []
         self._lock = threading.Lock()
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._stream: watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, name=f"cache-{kind.plural}", daemon=True)
-        self._listeners: list[Callable[[str], None]] = []
-        self._listed_keys: set[str] = set()
 
     # --- readers -------------------------------------------------------------------------------
     @property
-    def kind(self) -> ResourceKind:
+    def kind(self) -> Watchable:
         return self._kind
-
-    def objects(self) -> tuple[R, ...]:
-        return tuple(self._objects.values())
-
-    def add_listener(self, listener: Callable[[str], None]) -> None:
-        """Call `listener` with the key ("<namespace>/<name>") of every object listed, added, changed or
-        deleted, after the cache holds the change (a controller enqueues keys from it). Add before start."""
-        self._listeners.append(listener)
 
     def get(self, name: str, namespace: str = "") -> R | None:
         return self._objects.get(f"{namespace}/{name}")
 
     def in_namespace(self, namespace: str) -> tuple[R, ...]:
         return self._by_namespace.get(namespace, ())
+
+    def items(self) -> tuple[R, ...]:
+        return tuple(self._objects.values())
+
+    def add_event_handler(self, handler: EventHandler[R]) -> None:
+        """Handlers run on the cache's thread after the change is visible to readers: keep them
+        short (a controller only enqueues keys)."""
+        self._handlers.append(handler)
 
     def invalid_in(self, namespace: str) -> tuple[InvalidObject, ...]:
         """The stored objects of the namespace ("" for cluster-scoped ones) that the model rejects."""
@@ -127,6 +148,10 @@ class ResourceCache(Generic[R]):
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
 
     def _list_call(self, **kwargs: Any) -> Any:
+        if self._namespace is not None:
+            return self._custom.list_namespaced_custom_object(
+                self._kind.group, self._kind.version, self._namespace, self._kind.plural, **kwargs
+            )
         return self._custom.list_cluster_custom_object(
             self._kind.group, self._kind.version, self._kind.plural, **kwargs
         )
@@ -142,14 +167,14 @@ class ResourceCache(Generic[R]):
             else:
                 fresh[_raw_key(raw)] = parsed
         with self._lock:
+            previous = self._objects
             self._objects = fresh
             self._invalid = invalid
             self._reindex()
-            previous_keys = self._listed_keys
-            self._listed_keys = set(fresh) | set(invalid)
-        # A re-list also reports the objects deleted while the watch was down.
-        self._notify(previous_keys | self._listed_keys)
         self._synced.set()
+        # A re-list after 410 Gone may hide deletions the watch missed: report those too.
+        changed = [o for k, o in fresh.items() if _version(previous.get(k)) != o.metadata.resource_version]
+        self._notify(changed + [o for k, o in previous.items() if k not in fresh])
         return str(listing["metadata"]["resourceVersion"])
 
     def _watch(self, resource_version: str) -> str:
@@ -173,26 +198,26 @@ class ResourceCache(Generic[R]):
         key = _raw_key(raw)
         with self._lock:
             objects, invalid = dict(self._objects), dict(self._invalid)
-            objects.pop(key, None)
+            changed = objects.pop(key, None)
             invalid.pop(key, None)
             if event_type != "DELETED":
                 parsed = self._parse(raw)
                 if isinstance(parsed, InvalidObject):
                     invalid[key] = parsed
                 else:
-                    objects[key] = parsed
+                    objects[key] = changed = parsed
             self._objects, self._invalid = objects, invalid
             self._reindex()
-            if event_type == "DELETED":
-                self._listed_keys.discard(key)
-            else:
-                self._listed_keys.add(key)
-        self._notify({key})
+        if changed is not None:
+            self._notify([changed])
 
-    def _notify(self, keys: Iterable[str]) -> None:
-        for listener in self._listeners:
-            for key in keys:
-                listener(key)
+    def _notify(self, changed: list[R]) -> None:
+        for obj in changed:
+            for handler in self._handlers:
+                try:
+                    handler(obj)
+                except Exception:
+                    log.exception("%s: event handler failed", self._kind.plural)
 
     def _reindex(self) -> None:
         self._by_namespace = _by_namespace(self._objects.values(), lambda o: o.metadata.namespace or "")
@@ -200,7 +225,7 @@ class ResourceCache(Generic[R]):
 
     def _parse(self, raw: dict[str, Any]) -> R | InvalidObject:
         try:
-            return self._model.model_validate(raw)
+            return cast(R, self._model.model_validate(raw))
         except pydantic.ValidationError as error:
             invalid = InvalidObject.of(self._kind.kind, raw, error)
             log.warning("%s", invalid.describe())
@@ -215,6 +240,10 @@ def _by_namespace(objects: Iterable[T], namespace_of: Callable[[T], str]) -> dic
     for obj in objects:
         grouped.setdefault(namespace_of(obj), []).append(obj)
     return {ns: tuple(objs) for ns, objs in grouped.items()}
+
+
+def _version(obj: Resource | KubernetesObject | None) -> str | None:
+    return obj.metadata.resource_version if obj is not None else None
 
 
 def _raw_key(raw: dict[str, Any]) -> str:

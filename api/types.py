@@ -147,6 +147,18 @@ class Resource(Model):
         return self
 
 
+class KubernetesObject(BaseModel):
+    """Any other Kubernetes object the operator watches (DaemonSets, webhook configurations, Leases):
+    metadata parsed, the rest kept as it came."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    # Items of a built-in kind's list come without their type.
+    api_version: str = ""
+    kind: str = ""
+    metadata: ObjectMeta
+
+
 class ProfileResource(Resource):
     """Profiles become node files named after them, so their names are checked strictly."""
 

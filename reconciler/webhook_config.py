@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from api import constants, kinds
 from api.types import LabelSelector, LabelSelectorRequirement, SPODSpec, WebhookOptions
+from reconciler.runtime import apply
 
 REVIEW_VERSIONS = ["v1", "v1beta1"]
 # Docs 7.9.17.1 spell the node-debugging webhook this way; users copying it mean that webhook.
@@ -160,10 +160,27 @@ def _webhook(
     return webhook
 
 
+def webhook_name(option_name: str) -> str:
+    """The webhook a webhookOptions entry means (the docs' misspelling resolved)."""
+    return _NAME_ALIASES.get(option_name, option_name)
+
+
+def known_webhook_names() -> frozenset[str]:
+    """The mutating webhooks a webhookOptions entry may name."""
+    return frozenset(
+        {
+            constants.WEBHOOK_BINDING,
+            constants.WEBHOOK_RECORDING,
+            constants.WEBHOOK_EXEC_METADATA,
+            constants.WEBHOOK_NODE_DEBUGGING_POD,
+        }
+    )
+
+
 def _options_by_name(spec: SPODSpec) -> dict[str, list[WebhookOptions]]:
     grouped: dict[str, list[WebhookOptions]] = {}
     for option in spec.webhook_options or []:
-        grouped.setdefault(_NAME_ALIASES.get(option.name, option.name), []).append(option)
+        grouped.setdefault(webhook_name(option.name), []).append(option)
     return grouped
 
 
@@ -305,26 +322,17 @@ _VALIDATED = [
 ]
 
 
-_WEBHOOK_CONFIGURATION_MODELS = {
-    "MutatingWebhookConfiguration": (client.V1MutatingWebhookConfiguration, "mutating_webhook_configuration"),
-    "ValidatingWebhookConfiguration": (
-        client.V1ValidatingWebhookConfiguration,
-        "validating_webhook_configuration",
-    ),
+_KINDS = {
+    kinds.MUTATING_WEBHOOK_CONFIGURATION.kind: kinds.MUTATING_WEBHOOK_CONFIGURATION,
+    kinds.VALIDATING_WEBHOOK_CONFIGURATION.kind: kinds.VALIDATING_WEBHOOK_CONFIGURATION,
 }
 
 
+def kind_of(configuration: dict[str, Any]) -> kinds.BuiltinKind:
+    return _KINDS[configuration["kind"]]
+
+
 def apply_webhook_configurations(api: client.ApiClient, *configurations: dict[str, Any]) -> None:
-    """Create each configuration, or replace the existing one with it."""
-    admission = client.AdmissionregistrationV1Api(api)
+    """Apply each configuration as ours (server-side apply: fields others added are kept)."""
     for configuration in configurations:
-        name = configuration["metadata"]["name"]
-        model, resource = _WEBHOOK_CONFIGURATION_MODELS[configuration["kind"]]
-        body: Any = model.model_validate(configuration)
-        try:
-            getattr(admission, f"create_{resource}")(body)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            body.metadata = getattr(admission, f"read_{resource}")(name).metadata
-            getattr(admission, f"replace_{resource}")(name, body)
+        apply(api, kind_of(configuration), configuration)

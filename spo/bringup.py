@@ -1,5 +1,6 @@
-"""What `spo up` brings up: the control plane, the CRDs, the operator namespace and default spod,
-the webhook process, and the webhook configurations pointing at it by URL."""
+"""What `spo up` brings up: the control plane, the CRDs, the operator namespace, the webhook process,
+and the reconciler, which creates the default spod and keeps the webhook configurations pointing at
+the webhook by URL."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import ssl
 import subprocess
 import sys
+from http import HTTPStatus
 from pathlib import Path
 
 from kubernetes import client
@@ -18,32 +20,8 @@ from api import constants
 from api.baseprofiles import builtin_base_profiles
 from api.kinds import SECCOMP_PROFILE
 from api.kube import api_client
-from api.types import SeccompProfile, SecurityProfilesOperatorDaemon, default_spod
-from reconciler.webhook_config import (
-    Endpoint,
-    apply_webhook_configurations,
-    desired_mutating_configuration,
-    desired_validating_configuration,
-)
+from api.types import SeccompProfile
 from spo import localcluster, node
-
-
-def _ensure_spod(api: client.ApiClient, namespace: str) -> SecurityProfilesOperatorDaemon:
-    spod = default_spod(namespace)
-    objects = client.CustomObjectsApi(api)
-    version = SecurityProfilesOperatorDaemon.VERSION
-    try:
-        objects.create_namespaced_custom_object(
-            constants.GROUP, version, namespace, "securityprofilesoperatordaemons", spod.to_dict()
-        )
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        current = objects.get_namespaced_custom_object(
-            constants.GROUP, version, namespace, "securityprofilesoperatordaemons", constants.SPOD_NAME
-        )
-        spod = SecurityProfilesOperatorDaemon.model_validate(current)
-    return spod
 
 
 def ensure_builtin_base_profiles(api: client.ApiClient) -> None:
@@ -115,6 +93,46 @@ def start_agent(
     return process
 
 
+def start_reconciler(
+    cluster: localcluster.ControlPlane, namespace: str, webhook_url: str, name: str = "reconciler"
+) -> subprocess.Popen[bytes]:
+    """`spo reconciler` registering the webhooks by URL; the agents run as host processes here, so it
+    manages no DaemonSet. Returns once it has created the spod and the webhook configurations."""
+    health_port = localcluster.free_port()
+    argv = [
+        sys.executable, "-P", "-m", "spo.cli", "reconciler",
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--namespace", namespace,
+        "--webhook-url", webhook_url,
+        "--ca-file", str(cluster.pki.ca_cert),
+        "--no-daemonset",
+        "--health-host", "127.0.0.1",
+        "--health-port", str(health_port),
+    ]  # fmt: skip
+    with cluster.log_file(name).open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    cluster.processes[name] = process
+    cluster.wait_until(
+        lambda: localcluster.http_ok(f"http://127.0.0.1:{health_port}{constants.PATH_READYZ}"),
+        "reconciler /readyz",
+    )
+    admission = client.AdmissionregistrationV1Api(api_client(str(cluster.kubeconfig)))
+
+    def registered() -> bool:
+        try:
+            admission.read_mutating_webhook_configuration(constants.MUTATING_WEBHOOK_CONFIGURATION)
+        except ApiException as error:
+            if error.status != HTTPStatus.NOT_FOUND:
+                raise
+            return False
+        return True
+
+    cluster.wait_until(registered, "the webhook configurations")
+    return process
+
+
 def bring_up(
     state_dir: Path, namespace: str, webhook_port: int, with_node: bool = True
 ) -> tuple[localcluster.ControlPlane, dict[str, str]]:
@@ -155,22 +173,13 @@ def bring_up(
         api = api_client(str(cluster.kubeconfig))
         localcluster.install_crds(api, manifests.crds.all_crds())
         localcluster.ensure_namespace(api, namespace)
-        spod = _ensure_spod(api, namespace)
-        ensure_builtin_base_profiles(api)
         start_webhook(cluster, namespace, webhook_port)
+        start_reconciler(cluster, namespace, f"https://127.0.0.1:{webhook_port}")
+        ensure_builtin_base_profiles(api)
         if with_node:
             start_agent(
                 cluster, facts["node"], local_node.paths.kubelet_root, namespace, localcluster.free_port()
             )
-        endpoint = Endpoint(url=f"https://127.0.0.1:{webhook_port}")
-        bundle = certs.ca_bundle(
-            certs.load_pair(cluster.pki.directory, constants.CA_CERT_FILE, constants.CA_KEY_FILE)
-        )
-        apply_webhook_configurations(
-            api,
-            desired_mutating_configuration(spod.spec, endpoint, bundle, namespace),
-            desired_validating_configuration(endpoint, bundle),
-        )
     except BaseException:
         stop_all(cluster, node_binaries)
         if lock is not None:

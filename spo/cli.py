@@ -10,20 +10,9 @@ from collections.abc import Sequence
 import agent.cli
 import certs.cli
 import manifests.cli
+import reconciler.cli
 import webhooks.cli
 from spo import up
-
-NOT_BUILT_EXIT_CODE = 2
-
-
-def _not_built(component: str) -> argparse.ArgumentParser:
-    def handler(_: argparse.Namespace) -> int:
-        print(f"spo {component}: not built yet (see the open issues)", file=sys.stderr)
-        return NOT_BUILT_EXIT_CODE
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.set_defaults(func=handler)
-    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,12 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     webhooks.cli.register_cli(subparsers)
-    subparsers.add_parser(
-        "reconciler",
-        parents=[_not_built("reconciler")],
-        help="keep the spod DaemonSet, webhook configurations and profile statuses (not built yet)",
-        description="The leader-elected reconciler. Not built yet: its issue is still open.",
-    )
+    reconciler.cli.register_cli(subparsers)
     agent.cli.register_cli(subparsers)
     certs.cli.register_cli(subparsers)
     manifests.cli.register_cli(subparsers)

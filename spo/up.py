@@ -1,9 +1,10 @@
 """`spo up`, `spo down`, `spo status`: the local default a newcomer runs.
 
-`spo up` starts etcd and kube-apiserver on loopback, installs the CRDs, the operator namespace and the
-default spod, starts the operator components that exist (the webhook today) and registers the webhook
-by URL (spo/bringup.py). What it started is recorded in <state>/processes.json so `spo down` stops
-exactly that. This module stays light: every `spo` command imports it to register its parsers.
+`spo up` starts etcd and kube-apiserver on loopback, installs the CRDs and the operator namespace,
+and starts the operator components that exist (spo/bringup.py): the webhook, and the reconciler,
+which creates the default spod and registers the webhook by URL. What it started is recorded in
+<state>/processes.json so `spo down` stops exactly that. This module stays light: every `spo` command
+imports it to register its parsers.
 """
 
 from __future__ import annotations

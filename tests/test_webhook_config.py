@@ -179,9 +179,20 @@ def test_selector_expressions_become_cel() -> None:
     )
 
 
-def test_unknown_option_names_are_ignored() -> None:
+def test_unknown_option_names_are_ignored_by_the_builder() -> None:
+    """The spod controller never gets here with such a name: reconciler.spod.problems refuses it."""
     spec = SPODSpec.model_validate({"webhookOptions": [{"name": "nope.spo.io", "failurePolicy": "Ignore"}]})
     assert webhooks(spec) == webhooks(SPODSpec())
+
+
+@pytest.mark.parametrize("section", ["7.8.8", "7.9.17.1"])
+def test_removing_the_options_restores_the_defaults(section: str) -> None:
+    """`webhookOptions: []` (docs 7.8.8) or removing the field gives back the default configuration."""
+    with_options = spec_from_docs(section).model_copy(update={"enable_json_enricher": True})
+    defaults = with_options.model_copy(update={"webhook_options": None})
+    assert webhooks(with_options) != webhooks(defaults)
+    emptied = with_options.model_copy(update={"webhook_options": []})
+    assert webhooks(emptied) == webhooks(defaults)
 
 
 @pytest.mark.parametrize("endpoint", [LOCAL, Endpoint(service_namespace="spo")], ids=["url", "service"])

@@ -152,3 +152,35 @@ def test_cache_reconnects_after_the_apiserver_restarts(tmp_path: Path) -> None:
         cache.stop()
     finally:
         cluster.destroy()
+
+
+def test_handlers_hear_changes_and_a_relist_reports_deletions_the_watch_missed(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    objects = client.CustomObjectsApi(kube)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("kept", "a"))
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _binding("missed", "m"))
+    cache = ResourceCache(kube, kinds.PROFILE_BINDING, ProfileBinding, namespace)
+    heard: list[str] = []
+    cache.add_event_handler(lambda b: heard.append(f"{b.metadata.name}:{b.spec.image}"))
+    cache._list()  # what the cache thread does first; called here so that no watch runs yet
+    assert sorted(heard) == ["kept:a", "missed:m"]
+    heard.clear()
+    # Deleted while no watch ran (as before a 410 Gone): only the next list can tell.
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "missed")
+    cache._list()
+    assert heard == ["missed:m"], "an unchanged object was reported, or the deletion was not"
+    assert cache.get("missed", namespace) is None
+    heard.clear()
+    cache.start()
+    try:
+        assert cache.wait_synced(10)
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "kept", {"spec": {"image": "b"}}
+        )
+        _eventually(lambda: "kept:b" in heard)
+        objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "kept")
+        _eventually(lambda: cache.get("kept", namespace) is None)
+        assert heard[-1] == "kept:b", "a deletion is reported with the object's last state"
+    finally:
+        cache.stop()

@@ -7,13 +7,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from api import constants
 from spo import localcluster
-from tests.docs_examples import docs_objects
-from tests.kubectl import kubectl
+from tests.docs_examples import docs_objects, spod_patches
+from tests.eventually import eventually
+from tests.kubectl import kubectl, kubectl_json
+
+MUTATING = constants.MUTATING_WEBHOOK_CONFIGURATION
+NAMESPACE = constants.DEFAULT_NAMESPACE
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +45,7 @@ def test_spo_up_detach_then_down(tmp_path: Path) -> None:
     assert f"export KUBECONFIG={kubeconfig}" in up.stdout
     recorded = json.loads((state / "processes.json").read_text())["processes"]
     pids = [p["pid"] for p in recorded]
-    assert {p["name"] for p in recorded} == {"etcd", "kube-apiserver", "webhook"}
+    assert {p["name"] for p in recorded} == {"etcd", "kube-apiserver", "webhook", "reconciler"}
     try:
         assert _spo("status", "--state-dir", str(state)).returncode == 0
         crds = kubectl(kubeconfig, "get", "crd", "-o", "name").stdout.split()
@@ -51,6 +57,7 @@ def test_spo_up_detach_then_down(tmp_path: Path) -> None:
             "spo-mutating-webhook-configuration"
             in kubectl(kubeconfig, "get", "mutatingwebhookconfigurations", "-o", "name").stdout
         )
+        _docs_patches_reach_the_live_configuration(kubeconfig)
         again = _spo("up", "--no-node", "--detach", "--state-dir", str(state))
         assert again.returncode == 1, "a second up must refuse"
     finally:
@@ -66,3 +73,23 @@ def test_spo_up_detach_then_down(tmp_path: Path) -> None:
     running = [line for line in listed.stdout.splitlines() if not line.split()[1].startswith("Z")]
     assert running == [], f"still running: {running}"
     assert _spo("status", "--state-dir", str(state)).returncode == 1
+
+
+def _docs_patches_reach_the_live_configuration(kubeconfig: Path) -> None:
+    """As a user types it: docs 7.8.8 step 3, `webhookOptions: []`, then the JSON enricher on."""
+
+    def webhooks() -> dict[str, Any]:
+        configuration = kubectl_json(kubeconfig, "get", "mutatingwebhookconfiguration", MUTATING)
+        return {w["name"]: w for w in configuration["webhooks"]}
+
+    def patch(body: dict[str, Any]) -> None:
+        kubectl(kubeconfig, "-n", NAMESPACE, "patch", "spod", "spod", "--type=merge", "-p", json.dumps(body))
+
+    patch(next(e["patch"] for e in spod_patches() if e["section"] == "7.8.8"))
+    selector = {"matchExpressions": [{"key": "spo-record", "operator": "In", "values": ["true"]}]}
+    eventually(lambda: webhooks()["recording.spo.io"]["objectSelector"] == selector, what="docs 7.8.8")
+    patch({"spec": {"webhookOptions": []}})
+    eventually(lambda: webhooks()["recording.spo.io"]["objectSelector"] == {}, what="defaults back")
+    patch({"spec": {"enableJsonEnricher": True}})
+    eventually(lambda: "execmetadata.spo.io" in webhooks(), what="the exec webhooks")
+    assert "nodedebuggingpod.spo.io" in webhooks()
