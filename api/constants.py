@@ -91,6 +91,12 @@ PATH_PROFILE_BINDING: Final = "/validate-profilebinding"
 WEBHOOK_SERVICE: Final = "webhook-service"
 WEBHOOK_DEPLOYMENT: Final = "security-profiles-operator-webhook"
 WEBHOOK_CERT_SECRET: Final = "webhook-server-cert"
+# The CA (certificate and key) the reconciler signs the webhook's serving certificate with: a Secret of
+# its own that only the reconciler reads, so the webhook's Secret never holds a CA key. During a CA
+# change the previous CA stays here, and in every caBundle, until it expires.
+WEBHOOK_CA_SECRET: Final = "webhook-ca"
+PREVIOUS_CA_CERT_FILE: Final = "previous-ca.crt"
+PREVIOUS_CA_KEY_FILE: Final = "previous-ca.key"
 # File names inside a certificate directory, the same as the keys of a kubernetes.io/tls Secret.
 CA_CERT_FILE: Final = "ca.crt"
 CA_KEY_FILE: Final = "ca.key"

@@ -41,13 +41,15 @@ def generate_private_key_pem() -> bytes:
     return _key_to_pem(_new_private_key())
 
 
-def generate_ca(common_name: str = "spo-ca", days: int = 3650) -> KeyPair:
-    """Create a self-signed certificate authority valid for `days` days."""
+def generate_ca(
+    common_name: str = "spo-ca", days: int = 3650, *, lifetime: timedelta | None = None
+) -> KeyPair:
+    """Create a self-signed certificate authority valid for `days` days (or exactly `lifetime`)."""
     check_days(days)
     key = _new_private_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
-        _base_builder(days)
+        _base_builder(lifetime or timedelta(days=days))
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
@@ -70,8 +72,10 @@ def issue_certificate(
     organization: str | None = None,
     client: bool = False,
     days: int = 365,
+    lifetime: timedelta | None = None,
 ) -> KeyPair:
-    """Issue a leaf certificate signed by `ca`.
+    """Issue a leaf certificate signed by `ca`, valid for `days` days (or exactly `lifetime`, which lets
+    tests and short-lived setups exercise renewal).
 
     `client=True` makes a TLS client certificate; otherwise it is a server certificate.
     Raises ValueError for an invalid IP address, a non-ASCII DNS name or a non-positive `days`.
@@ -88,7 +92,7 @@ def issue_certificate(
     if organization is not None:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
     builder = (
-        _base_builder(days)
+        _base_builder(lifetime or timedelta(days=days))
         .subject_name(x509.Name(attributes))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
@@ -196,11 +200,16 @@ def _key_to_pem(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _base_builder(days: int) -> x509.CertificateBuilder:
+def _base_builder(lifetime: timedelta) -> x509.CertificateBuilder:
+    if lifetime <= timedelta():
+        raise ValueError(f"validity must be positive, got {lifetime}")
     now = datetime.now(UTC)
+    # The back-dating stays a small part of a short lifetime, so that renewal in its last third does
+    # not start at once.
+    skew = min(_CLOCK_SKEW, lifetime / 10)
     return (
         x509.CertificateBuilder()
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(now + timedelta(days=days))
+        .not_valid_before(now - skew)
+        .not_valid_after(now + lifetime)
     )

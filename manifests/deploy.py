@@ -73,7 +73,7 @@ def deployment_objects(namespace: str, image: str, *, cert_manager: bool = False
         objects.extend(_cert_manager_objects(namespace))
     objects.extend(
         [
-            _reconciler_deployment(namespace, image),
+            _reconciler_deployment(namespace, image, cert_manager=cert_manager),
             _webhook_deployment(namespace, image),
             _webhook_disruption_budget(namespace),
         ]
@@ -225,10 +225,11 @@ def _metrics_client_rbac(namespace: str) -> list[dict[str, Any]]:
 # --- workloads ------------------------------------------------------------------------------------------
 
 
-def _reconciler_deployment(namespace: str, image: str) -> dict[str, Any]:
+def _reconciler_deployment(namespace: str, image: str, *, cert_manager: bool) -> dict[str, Any]:
+    # With cert-manager, the reconciler leaves the webhook's Secret and the CA to it.
     container = _container(
         image,
-        ["reconciler", "--leader-elect"],
+        ["reconciler", "--leader-elect", *(["--cert-manager"] if cert_manager else [])],
         port=("health", constants.HEALTH_PORT, "HTTP"),
         resources=_resources(cpu="100m", memory="128Mi", memory_limit="512Mi"),
         env=[{"name": constants.ENV_OPERATOR_IMAGE, "value": image}],

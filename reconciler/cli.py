@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import constants
 from api.kube import api_client
 from reconciler import spod as spod_config
+from reconciler.certificates_controller import CertificateReconciler
 from reconciler.runtime import LeaderElector, LeaseTiming, Manager
 from reconciler.spod_controller import (
     Settings,
@@ -53,6 +54,13 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--ca-file",
         help="PEM CA certificate for the webhook configurations' caBundle (default: ca.crt of the "
         f"{constants.WEBHOOK_CERT_SECRET} Secret)",
+    )
+    parser.add_argument(
+        "--cert-manager",
+        action="store_true",
+        help="cert-manager issues the webhook's Secret: manage no certificates (without it, --ca-file and "
+        f"--webhook-url, the reconciler keeps the {constants.WEBHOOK_CERT_SECRET} and "
+        f"{constants.WEBHOOK_CA_SECRET} Secrets)",
     )
     parser.add_argument(
         "--leader-elect",
@@ -164,17 +172,32 @@ def build_manager(args: argparse.Namespace) -> Manager:
         timing = LeaseTiming(duration, duration * 2 / 3, duration * 2 / 15)
         elector = LeaderElector(api, args.namespace, identity, timing)
     manager = Manager(elector=elector)
-    register_controllers(manager, api, settings)
+    # The certificates are ours only in a cluster: with --webhook-url the webhook runs outside it and
+    # reads its own files, whose CA comes with --ca-file (or from the Secret's ca.crt, kept by others).
+    certificates = not (args.ca_file or args.cert_manager or args.webhook_url)
+    register_controllers(manager, api, settings, certificates=certificates)
     return manager
 
 
-def register_controllers(manager: Manager, api: client.ApiClient, settings: Settings) -> None:
-    """Every controller the reconciler runs, with the caches it reads: add new ones here (the guide
-    is the docstring of reconciler/runtime.py)."""
+def register_controllers(
+    manager: Manager, api: client.ApiClient, settings: Settings, *, certificates: bool = False
+) -> None:
+    """THE place where every controller the reconciler runs is registered, with the caches it reads.
+
+    To add one (profile status, active workloads, recording merge, default objects): build its caches
+    with ``manager.cache(ResourceCache(...))`` (a cache shared by two controllers is registered once),
+    then ``manager.add(Controller(...))``; the guide is the docstring of reconciler/runtime.py.
+    ``settings`` carries the operator namespace and the command-line choices; ``certificates``: keep
+    the webhook's certificates (not when cert-manager or a CA file provides them)."""
     spods = SpodReconciler(api, settings)
     for cache in spods.caches():
         manager.cache(cache)
-    manager.add(spods.controller())
+    spod_controller = manager.add(spods.controller())
+    if certificates:
+        # A new CA bundle: the spod controller re-applies the configurations (caBundle from the Secret).
+        CertificateReconciler(
+            api, settings.namespace, on_bundle_change=lambda: spod_controller.enqueue(spods.key)
+        ).register(manager)
 
 
 def run(args: argparse.Namespace) -> int:

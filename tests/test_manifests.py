@@ -588,11 +588,15 @@ def test_deployments_are_hardened(name: str) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
-def test_reconciler_deployment() -> None:
-    objects = manifests.render()
+@pytest.mark.parametrize(
+    ("cert_manager", "args"),
+    [(False, ["reconciler", "--leader-elect"]), (True, ["reconciler", "--leader-elect", "--cert-manager"])],
+)
+def test_reconciler_deployment(cert_manager: bool, args: list[str]) -> None:
+    objects = manifests.render(cert_manager=cert_manager)
     deployment = find(objects, "Deployment", constants.RECONCILER_DEPLOYMENT)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["reconciler", "--leader-elect"]
+    assert container["args"] == args
     assert container["ports"][0]["containerPort"] == constants.HEALTH_PORT
     assert {"name": constants.ENV_OPERATOR_IMAGE, "value": manifests.DEFAULT_IMAGE} in container["env"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
