@@ -114,7 +114,9 @@ WEBHOOK_SERVICE_ACCOUNT: Final = "spo-webhook"
 SPOD_SERVICE_ACCOUNT: Final = "spod"
 METRICS_CLIENT_ROLE: Final = "spo-metrics-client"
 METRICS_CLIENT_SERVICE_ACCOUNT: Final = "default"
-METRICS_PATHS: Final = ("/metrics", "/metrics-spod")
+PATH_METRICS: Final = "/metrics"
+PATH_METRICS_SPOD: Final = "/metrics-spod"
+METRICS_PATHS: Final = (PATH_METRICS, PATH_METRICS_SPOD)
 HEALTH_PORT: Final = 8085  # the reconciler's /healthz and /readyz (plain HTTP)
 PATH_HEALTHZ: Final = "/healthz"
 PATH_READYZ: Final = "/readyz"
@@ -244,6 +246,19 @@ NODE_HOST_DIRS: Final = (
     "/run/mount",
 )
 
+# --- the node agent (`spo agent`) ---------------------------------------------------------------
+# `<node>-deleted` is cut so the finalizer stays within 63 characters (upstream: nodeName[:55]).
+NODE_FINALIZER_MAX_NODE_CHARS: Final = 55
+LABEL_VALUE_MAX_LENGTH: Final = 63
+# One Lease per node in the operator's namespace, renewed by that node's agent: the reconciler counts the
+# nodes that must report a profile's status from the Leases that are not expired.
+HEARTBEAT_LEASE_PREFIX: Final = "spod-heartbeat-"
+HEARTBEAT_LEASE_DURATION_SECONDS: Final = 40
+HEARTBEAT_RENEW_SECONDS: Final = 10
+PROC_DIR: Final = "/proc"
+# Built-in base profiles (api/baseprofiles.py) carry this label so users can tell them from their own.
+LABEL_BUILTIN_BASE_PROFILE: Final = "spo.x-k8s.io/builtin-base-profile"
+
 # --- reconciler ---------------------------------------------------------------------------------
 # The field manager of every server-side apply the reconciler makes: it owns exactly those fields.
 FIELD_MANAGER: Final = "security-profiles-operator"
@@ -261,8 +276,3 @@ SPOD_HEALTH_PORT: Final = 8085
 
 # --- profile status, deletion protection, recording merge (reconciler) ----------------------------
 CONDITION_READY: Final = "Ready"
-# `<node>-deleted` is cut so the finalizer stays within 63 characters (upstream: nodeName[:55]).
-NODE_FINALIZER_MAX_NODE_CHARS: Final = 55
-# One Lease per node in the operator's namespace, renewed by that node's agent: the reconciler counts the
-# nodes that must report a profile's status from the Leases that are not expired.
-HEARTBEAT_LEASE_PREFIX: Final = "spod-heartbeat-"

@@ -8,6 +8,7 @@ default or pattern is declared once, here.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -478,6 +479,9 @@ class SecurityProfileNodeStatus(Resource):
 
     node_name: str = Field(min_length=1)
     status: ProfileState | None = None
+    # Ours: why the node could not install the profile (with `status: Error`), e.g. the syscall the
+    # spod's allowedSyscalls refuse, so the reason is on an object and not only in the agent's log.
+    message: str | None = None
 
 
 DEFAULT_TOLERATIONS: list[dict[str, Any]] = [
@@ -510,6 +514,15 @@ def seccomp_localhost_profile(profile_name: str) -> str:
     """The `localhostProfile` (relative to <kubelet>/seccomp) under which a node installs the profile."""
     file_name = profile_name if profile_name.endswith(".json") else f"{profile_name}.json"
     return f"{constants.SECCOMP_OPERATOR_DIR}/{file_name}"
+
+
+def profile_id(kind: str, name: str) -> str:
+    """The `spo.x-k8s.io/profile-id` label value: `<Kind>-<name>`, hashed when it would not fit a label."""
+    plain = f"{kind}-{name}"
+    if len(plain) < constants.LABEL_VALUE_MAX_LENGTH:
+        return plain
+    digest = hashlib.sha256(plain.encode()).hexdigest()
+    return f"{kind}-{digest[: constants.LABEL_VALUE_MAX_LENGTH - len(kind) - 1]}"
 
 
 def node_finalizer(node_name: str) -> str:

@@ -17,8 +17,24 @@ from kubernetes.client.exceptions import ApiException
 import certs
 import manifests.crds
 from api import constants
+from api.baseprofiles import builtin_base_profiles
+from api.kinds import SECCOMP_PROFILE
 from api.kube import api_client
+from api.types import SeccompProfile
 from spo import localcluster, node
+
+
+def ensure_builtin_base_profiles(api: client.ApiClient) -> None:
+    """Create the built-in base profiles that do not exist (a user's own of that name is kept)."""
+    objects = client.CustomObjectsApi(api)
+    for profile in builtin_base_profiles():
+        try:
+            objects.create_cluster_custom_object(
+                constants.GROUP, SeccompProfile.VERSION, SECCOMP_PROFILE.plural, profile.to_dict()
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
 
 
 def start_webhook(
@@ -42,6 +58,37 @@ def start_webhook(
     context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
     cluster.wait_until(
         lambda: localcluster.http_ok(f"https://127.0.0.1:{port}/readyz", context), "webhook /readyz"
+    )
+    return process
+
+
+def start_agent(
+    cluster: localcluster.ControlPlane,
+    node_name: str,
+    kubelet_dir: Path,
+    namespace: str,
+    port: int,
+    *,
+    name: str = "agent",
+) -> subprocess.Popen[bytes]:
+    """`spo agent` for `node_name` as a host process writing below `kubelet_dir`; returns once its
+    caches are synced (/healthz)."""
+    argv = [
+        sys.executable, "-P", "-m", "spo.cli", "agent",
+        "--node-name", node_name,
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--namespace", namespace,
+        "--kubelet-dir", str(kubelet_dir),
+        "--host", "127.0.0.1",
+        "--metrics-port", str(port),
+    ]  # fmt: skip
+    with cluster.log_file(name).open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    cluster.processes[name] = process
+    cluster.wait_until(
+        lambda: localcluster.http_ok(f"http://127.0.0.1:{port}{constants.PATH_HEALTHZ}"), f"{name} /healthz"
     )
     return process
 
@@ -128,6 +175,11 @@ def bring_up(
         localcluster.ensure_namespace(api, namespace)
         start_webhook(cluster, namespace, webhook_port)
         start_reconciler(cluster, namespace, f"https://127.0.0.1:{webhook_port}")
+        ensure_builtin_base_profiles(api)
+        if with_node:
+            start_agent(
+                cluster, facts["node"], local_node.paths.kubelet_root, namespace, localcluster.free_port()
+            )
     except BaseException:
         stop_all(cluster, node_binaries)
         if lock is not None:

@@ -7,23 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import agent.cli
 import certs.cli
 import manifests.cli
 import reconciler.cli
 import webhooks.cli
 from spo import up
-
-NOT_BUILT_EXIT_CODE = 2
-
-
-def _not_built(component: str) -> argparse.ArgumentParser:
-    def handler(_: argparse.Namespace) -> int:
-        print(f"spo {component}: not built yet (see the open issues)", file=sys.stderr)
-        return NOT_BUILT_EXIT_CODE
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.set_defaults(func=handler)
-    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     webhooks.cli.register_cli(subparsers)
     reconciler.cli.register_cli(subparsers)
-    subparsers.add_parser(
-        "agent",
-        parents=[_not_built("agent")],
-        help="node agent: profile files, SELinux policies, audit logs (not built yet)",
-        description="The per-node agent. Not built yet: its issue is still open.",
-    )
+    agent.cli.register_cli(subparsers)
     certs.cli.register_cli(subparsers)
     manifests.cli.register_cli(subparsers)
     up.register_cli(subparsers)

@@ -28,7 +28,7 @@ from reconciler.webhook_config import (
     desired_validating_configuration,
 )
 from spo import localcluster, node
-from spo.bringup import start_webhook, stop_all
+from spo.bringup import start_agent, start_webhook, stop_all
 from spo.processes import stop_process
 
 # The machines tests run on are shared and loaded: how long an example takes says nothing about the code,
@@ -132,7 +132,7 @@ NODE_LOCK_WAIT_SECONDS = 3600.0
 
 @dataclass
 class NodeCluster:
-    """A running control plane with a Ready node and the webhook registered."""
+    """A running control plane with a Ready node, the webhook registered and the node's agent."""
 
     cluster: localcluster.ControlPlane
     node: node.Node
@@ -186,6 +186,14 @@ class NodeSlot:
             localcluster.ensure_namespace(kube, constants.DEFAULT_NAMESPACE)
             server = start_webhook_server(cluster, localcluster.free_port())
             register_webhooks(cluster, kube, server.url)
+            # As `spo up`: the node's agent writes profiles where this node's kubelet reads them.
+            start_agent(
+                cluster,
+                local_node.name,
+                local_node.paths.kubelet_root,
+                constants.DEFAULT_NAMESPACE,
+                localcluster.free_port(),
+            )
         except BaseException:
             self._stop(cluster, node_binaries)
             raise

@@ -35,12 +35,5 @@ def test_every_subcommand_has_help(args: list[str]) -> None:
     assert len(description.split()) >= 5, f"{args}: no description: {result.stdout}"
 
 
-@pytest.mark.parametrize("component", ["agent"])
-def test_unbuilt_component_exits_2(component: str) -> None:
-    result = _run(component)
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr
-
-
 def test_missing_subcommand_is_a_usage_error() -> None:
     assert _run().returncode == 2

@@ -169,8 +169,6 @@ def test_docs_binding_flow_runs_the_pod_under_the_profile(
     config = node_cluster.kubeconfig
     profile1 = _docs_object("SeccompProfile", "profile1")
     kubectl(config, "apply", "-f", "-", stdin=yaml.safe_dump(profile1))
-    # Until the agent lands, the test puts the profile where the kubelet reads it, as the agent will.
-    _install_profile(node_cluster, "profile1", profile1["spec"])
     binding = _docs_object("ProfileBinding", "nginx-binding", "SeccompProfile")
     binding["metadata"]["namespace"] = node_namespace
     binding["spec"]["profileRef"]["name"] = "profile1"  # the docs' binding names the profile made before
