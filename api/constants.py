@@ -273,3 +273,6 @@ SPOD_CONDITION_READY: Final = "Ready"
 EVENT_REASON_INVALID_SPOD: Final = "InvalidConfiguration"
 SPOD_METRICS_PORT: Final = 9443
 SPOD_HEALTH_PORT: Final = 8085
+
+# --- profile status, deletion protection, recording merge (reconciler) ----------------------------
+CONDITION_READY: Final = "Ready"

@@ -88,7 +88,7 @@ class BuiltinKind:
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
 
 
 DAEMON_SET = BuiltinKind("apps", "v1", "daemonsets", "DaemonSet", namespaced=True)
@@ -107,6 +107,8 @@ VALIDATING_WEBHOOK_CONFIGURATION = BuiltinKind(
     namespaced=False,
 )
 LEASE = BuiltinKind("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
+# The core group is "" (served under /api/v1); api.kube lists it through the core client.
+POD = BuiltinKind("", "v1", "pods", "Pod", namespaced=True)
 
 
 _SELINUX_COLUMNS = (

@@ -9,6 +9,7 @@ that the models reject (InvalidObject), so that nothing stored silently disappea
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -38,6 +39,8 @@ class Watchable(Protocol):
     def plural(self) -> str: ...
     @property
     def kind(self) -> str: ...
+    @property
+    def api_version(self) -> str: ...
 
 
 WATCH_TIMEOUT_SECONDS = 300
@@ -60,20 +63,32 @@ class ResourceCache(Generic[R]):
     """An in-memory, always-parsed copy of every object of one kind, kept by list+watch.
 
     Works for any kind served under /apis/<group>/<version> (ours and built-in ones such as
-    DaemonSets or webhook configurations); handlers added with add_event_handler hear every change."""
+    DaemonSets or webhook configurations) or, with an empty group, under /api/v1 (pods);
+    handlers added with add_event_handler hear every change. A watch event costs O(1) whatever
+    the number of objects: the namespace grouping and the indexes (add_index) are updated for the
+    one object that changed, and a group's tuple is built again only when a reader asks for it.
+    `label_selector` restricts what is listed and watched (the pod watch under memory optimisation)."""
 
     def __init__(
-        self, api: client.ApiClient, kind: Watchable, model: type[R], namespace: str | None = None
+        self,
+        api: client.ApiClient,
+        kind: Watchable,
+        model: type[R],
+        namespace: str | None = None,
+        label_selector: str | None = None,
     ) -> None:
         """``namespace``: watch that namespace only (where a Role, not a ClusterRole, grants reading)."""
+        self._api = api
         self._custom = client.CustomObjectsApi(api)
         self._kind = kind
         self._namespace = namespace
         self._model = model
+        self._label_selector = label_selector
         self._objects: dict[str, R] = {}
-        self._by_namespace: dict[str, tuple[R, ...]] = {}
+        self._by_namespace: _Groups[R] = _Groups()
         self._invalid: dict[str, InvalidObject] = {}
-        self._invalid_by_namespace: dict[str, tuple[InvalidObject, ...]] = {}
+        self._invalid_by_namespace: _Groups[InvalidObject] = _Groups()
+        self._indexes: dict[str, tuple[Callable[[R], Iterable[str]], _Groups[R]]] = {}
         self._handlers: list[EventHandler[R]] = []
         self._lock = threading.Lock()
         self._synced = threading.Event()
@@ -90,10 +105,22 @@ class ResourceCache(Generic[R]):
         return self._objects.get(f"{namespace}/{name}")
 
     def in_namespace(self, namespace: str) -> tuple[R, ...]:
-        return self._by_namespace.get(namespace, ())
+        """The namespace's objects ("" for cluster-scoped ones); the same tuple until one of them changes."""
+        with self._lock:
+            return self._by_namespace.members(namespace)
 
     def items(self) -> tuple[R, ...]:
-        return tuple(self._objects.values())
+        with self._lock:
+            return tuple(self._objects.values())
+
+    def add_index(self, name: str, values_of: Callable[[R], Iterable[str]]) -> None:
+        """Index the objects by the values `values_of` gives for each; add before start."""
+        self._indexes[name] = (values_of, _Groups())
+
+    def by_index(self, name: str, value: str) -> tuple[R, ...]:
+        """The objects for which the index `name` holds `value`."""
+        with self._lock:
+            return self._indexes[name][1].members(value)
 
     def add_event_handler(self, handler: EventHandler[R]) -> None:
         """Handlers run on the cache's thread after the change is visible to readers: keep them
@@ -102,7 +129,8 @@ class ResourceCache(Generic[R]):
 
     def invalid_in(self, namespace: str) -> tuple[InvalidObject, ...]:
         """The stored objects of the namespace ("" for cluster-scoped ones) that the model rejects."""
-        return self._invalid_by_namespace.get(namespace, ())
+        with self._lock:
+            return self._invalid_by_namespace.members(namespace)
 
     def has_synced(self) -> bool:
         return self._synced.is_set()
@@ -148,6 +176,15 @@ class ResourceCache(Generic[R]):
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
 
     def _list_call(self, **kwargs: Any) -> Any:
+        if self._label_selector:
+            kwargs["label_selector"] = self._label_selector
+        if not self._kind.group:
+            # The core group has no generic list in the client, only methods per kind (pods here).
+            core = client.CoreV1Api(self._api)
+            kind = self._kind.kind.lower()
+            if self._namespace is not None:
+                return getattr(core, f"list_namespaced_{kind}")(self._namespace, **kwargs)
+            return getattr(core, f"list_{kind}_for_all_namespaces")(**kwargs)
         if self._namespace is not None:
             return self._custom.list_namespaced_custom_object(
                 self._kind.group, self._kind.version, self._namespace, self._kind.plural, **kwargs
@@ -157,20 +194,27 @@ class ResourceCache(Generic[R]):
         )
 
     def _list(self) -> str:
-        listing = self._list_call()
+        # Undecoded: the core client would build its typed models of every object, only to be dropped.
+        listing = json.loads(self._list_call(_preload_content=False).data)
         fresh: dict[str, R] = {}
         invalid: dict[str, InvalidObject] = {}
         for raw in listing.get("items", []):
+            # Items of built-in kinds come without their type, which only the list names.
+            raw.setdefault("apiVersion", self._kind.api_version)
+            raw.setdefault("kind", self._kind.kind)
             parsed = self._parse(raw)
             if isinstance(parsed, InvalidObject):
                 invalid[_raw_key(raw)] = parsed
             else:
                 fresh[_raw_key(raw)] = parsed
         with self._lock:
-            previous = self._objects
-            self._objects = fresh
-            self._invalid = invalid
-            self._reindex()
+            previous = dict(self._objects)  # the loop below empties self._objects in place
+            for key in set(self._objects) | set(self._invalid):
+                self._remove(key)
+            for key, obj in fresh.items():
+                self._put(key, obj)
+            for key, bad in invalid.items():
+                self._put_invalid(key, bad)
         self._synced.set()
         # A re-list after 410 Gone may hide deletions the watch missed: report those too.
         changed = [o for k, o in fresh.items() if _version(previous.get(k)) != o.metadata.resource_version]
@@ -181,7 +225,8 @@ class ResourceCache(Generic[R]):
         """Apply events until the watch times out; returns the last resourceVersion seen.
 
         ERROR events (410 Gone included) arrive as ApiException from the client library."""
-        stream = self._stream = watch.Watch()  # type: ignore[no-untyped-call]
+        # Events decoded as plain JSON whatever the kind, as the list is.
+        stream = self._stream = watch.Watch(return_type="object")  # type: ignore[no-untyped-call]
         for event in stream.stream(  # type: ignore[no-untyped-call]
             self._list_call,
             resource_version=resource_version,
@@ -196,20 +241,41 @@ class ResourceCache(Generic[R]):
 
     def _apply(self, event_type: str, raw: dict[str, Any]) -> None:
         key = _raw_key(raw)
+        parsed = self._parse(raw) if event_type != "DELETED" else None
         with self._lock:
-            objects, invalid = dict(self._objects), dict(self._invalid)
-            changed = objects.pop(key, None)
-            invalid.pop(key, None)
-            if event_type != "DELETED":
-                parsed = self._parse(raw)
-                if isinstance(parsed, InvalidObject):
-                    invalid[key] = parsed
-                else:
-                    objects[key] = changed = parsed
-            self._objects, self._invalid = objects, invalid
-            self._reindex()
+            changed = self._remove(key)
+            if isinstance(parsed, InvalidObject):
+                self._put_invalid(key, parsed)
+            elif parsed is not None:
+                self._put(key, parsed)
+                changed = parsed
         if changed is not None:
             self._notify([changed])
+
+    # The three below run under the lock and touch only the one object's entries.
+    def _put(self, key: str, obj: R) -> None:
+        self._objects[key] = obj
+        self._by_namespace.add(obj.metadata.namespace or "", key, obj)
+        for values_of, groups in self._indexes.values():
+            for value in values_of(obj):
+                groups.add(value, key, obj)
+
+    def _put_invalid(self, key: str, invalid: InvalidObject) -> None:
+        self._invalid[key] = invalid
+        self._invalid_by_namespace.add(invalid.namespace, key, invalid)
+
+    def _remove(self, key: str) -> R | None:
+        """Forget the object (valid or not) stored under key; returns the valid one it was."""
+        invalid = self._invalid.pop(key, None)
+        if invalid is not None:
+            self._invalid_by_namespace.discard(invalid.namespace, key)
+        old = self._objects.pop(key, None)
+        if old is not None:
+            self._by_namespace.discard(old.metadata.namespace or "", key)
+            for values_of, groups in self._indexes.values():
+                for value in values_of(old):
+                    groups.discard(value, key)
+        return old
 
     def _notify(self, changed: list[R]) -> None:
         for obj in changed:
@@ -218,10 +284,6 @@ class ResourceCache(Generic[R]):
                     handler(obj)
                 except Exception:
                     log.exception("%s: event handler failed", self._kind.plural)
-
-    def _reindex(self) -> None:
-        self._by_namespace = _by_namespace(self._objects.values(), lambda o: o.metadata.namespace or "")
-        self._invalid_by_namespace = _by_namespace(self._invalid.values(), lambda o: o.namespace)
 
     def _parse(self, raw: dict[str, Any]) -> R | InvalidObject:
         try:
@@ -235,11 +297,32 @@ class ResourceCache(Generic[R]):
 T = TypeVar("T")
 
 
-def _by_namespace(objects: Iterable[T], namespace_of: Callable[[T], str]) -> dict[str, tuple[T, ...]]:
-    grouped: dict[str, list[T]] = {}
-    for obj in objects:
-        grouped.setdefault(namespace_of(obj), []).append(obj)
-    return {ns: tuple(objs) for ns, objs in grouped.items()}
+class _Groups(Generic[T]):
+    """Objects grouped under string values, changed one object at a time; each group's tuple is
+    built when first read after a change and then handed out as is, so a reader can tell by
+    identity that nothing in the group changed (the webhook's binding index relies on it)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, dict[str, T]] = {}
+        self._tuples: dict[str, tuple[T, ...]] = {}
+
+    def add(self, group: str, key: str, obj: T) -> None:
+        self._groups.setdefault(group, {})[key] = obj
+        self._tuples.pop(group, None)
+
+    def discard(self, group: str, key: str) -> None:
+        members = self._groups.get(group)
+        if members is None or members.pop(key, None) is None:
+            return
+        if not members:
+            del self._groups[group]
+        self._tuples.pop(group, None)
+
+    def members(self, group: str) -> tuple[T, ...]:
+        found = self._tuples.get(group)
+        if found is None:
+            found = self._tuples[group] = tuple(self._groups.get(group, {}).values())
+        return found
 
 
 def _version(obj: Resource | KubernetesObject | None) -> str | None:

@@ -20,6 +20,7 @@ from api import constants
 from api.kube import api_client
 from reconciler import spod as spod_config
 from reconciler.certificates_controller import CertificateReconciler
+from reconciler.profiles_controller import ProfileControllers
 from reconciler.runtime import LeaderElector, LeaseTiming, Manager
 from reconciler.spod_controller import (
     Settings,
@@ -198,6 +199,11 @@ def register_controllers(
         CertificateReconciler(
             api, settings.namespace, on_bundle_change=lambda: spod_controller.enqueue(spods.key)
         ).register(manager)
+    profiles = ProfileControllers(api, settings.namespace)
+    for cache in profiles.caches():
+        manager.cache(cache)
+    for controller in profiles.controllers():
+        manager.add(controller)
 
 
 def run(args: argparse.Namespace) -> int:

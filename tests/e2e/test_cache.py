@@ -13,7 +13,7 @@ from kubernetes import client
 
 from api import kinds
 from api.kube import ResourceCache, api_client
-from api.types import ProfileBinding, ProfileBindingSpec
+from api.types import KubernetesObject, ProfileBinding, ProfileBindingSpec
 from manifests.crds import crd
 from spo import localcluster
 
@@ -152,6 +152,33 @@ def test_cache_reconnects_after_the_apiserver_restarts(tmp_path: Path) -> None:
         cache.stop()
     finally:
         cluster.destroy()
+
+
+def test_pod_cache_lists_and_watches_a_core_group_namespace_with_a_label_selector(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+
+    def pod(name: str, labels: dict[str, str]) -> client.V1Pod:
+        return client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="nginx")]),
+        )
+
+    core.create_namespaced_pod(namespace, pod("listed", {"watched": "yes"}))
+    core.create_namespaced_pod(namespace, pod("unlabelled", {}))
+    cache = ResourceCache(kube, kinds.POD, KubernetesObject, namespace, label_selector="watched=yes").start()
+    try:
+        assert cache.wait_synced(10)
+        assert [p.metadata.name for p in cache.in_namespace(namespace)] == ["listed"]
+        core.create_namespaced_pod(namespace, pod("watched", {"watched": "yes"}))
+        core.create_namespaced_pod(namespace, pod("ignored", {}))
+        _eventually(lambda: cache.get("watched", namespace) is not None)
+        core.delete_namespaced_pod("listed", namespace, grace_period_seconds=0)
+        _eventually(lambda: [p.metadata.name for p in cache.in_namespace(namespace)] == ["watched"])
+        assert cache.get("ignored", namespace) is None
+    finally:
+        cache.stop()
 
 
 def test_handlers_hear_changes_and_a_relist_reports_deletions_the_watch_missed(

@@ -43,6 +43,7 @@ from spo import localcluster
 from spo.cli import build_parser
 from spo.processes import stop_process
 from tests.conftest import WebhookServer, register_webhooks
+from tests.e2e.leftovers import release_reconciler_finalizers
 from tests.eventually import eventually
 
 pytestmark = pytest.mark.e2e
@@ -188,6 +189,7 @@ def test_renewals_and_a_ca_change_fail_no_admission_and_never_expose_the_ca_key(
         for thread in threads:
             thread.join(30)
         manager.stop()
+        release_reconciler_finalizers(kube)
         if webhook is not None:
             stop_process(webhook.pid, webhook)
         register_webhooks(control_plane, kube, webhook_server.url)
@@ -262,6 +264,7 @@ def test_spo_reconciler_makes_the_secrets_and_publishes_their_bundle(
         eventually(published, 60, "the Secret's bundle in the webhook configurations")
     finally:
         manager.stop()
+        release_reconciler_finalizers(kube)
         register_webhooks(control_plane, kube, webhook_server.url)
     data = _read_secret(core, constants.WEBHOOK_CERT_SECRET, namespace) or {}
     assert set(data) == {constants.TLS_CERT_FILE, constants.TLS_KEY_FILE, constants.CA_CERT_FILE}

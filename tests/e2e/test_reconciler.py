@@ -31,6 +31,7 @@ from spo import localcluster
 from spo.cli import build_parser
 from tests.conftest import WebhookServer, register_webhooks
 from tests.docs_examples import default_spod_dict, merge_patch, spod_patches, without_nulls
+from tests.e2e.leftovers import release_reconciler_finalizers
 from tests.eventually import eventually
 from tests.kubectl import kubectl
 
@@ -142,6 +143,7 @@ def reconciler(
         yield running
     finally:
         running.manager.stop()
+        release_reconciler_finalizers(kube)
         register_webhooks(control_plane, kube, webhook_server.url)
 
 

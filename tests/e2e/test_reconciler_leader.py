@@ -24,6 +24,7 @@ from api import constants
 from spo import localcluster
 from tests.conftest import WebhookServer, register_webhooks
 from tests.docs_examples import spod_patches
+from tests.e2e.leftovers import release_reconciler_finalizers
 from tests.eventually import eventually
 from tests.kubectl import kubectl, kubectl_json
 
@@ -94,6 +95,7 @@ def replicas(
                 if replica.process.poll() is None:
                     replica.process.terminate()
                     replica.process.wait(30)
+            release_reconciler_finalizers(kube)
             register_webhooks(control_plane, kube, webhook_server.url)
 
 

@@ -1,0 +1,43 @@
+"""After a test stops a reconciler: take away the finalizers it held on the session's objects.
+
+A reconciler that stops keeps its finalizers on purpose (a profile in use must not vanish while no
+reconciler runs). The session's control plane is shared by every test module, and the pods other
+modules create are never deleted, so without this a later test deleting its profile would wait on a
+reconciler that is gone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+from api import constants, kinds
+
+_OURS = {constants.FINALIZER_IN_USE, constants.FINALIZER_ACTIVE_WORKLOAD, constants.FINALIZER_RECORDING_LOCK}
+_KINDS = (
+    kinds.SECCOMP_PROFILE,
+    kinds.SELINUX_PROFILE,
+    kinds.RAW_SELINUX_PROFILE,
+    kinds.PROFILE_BINDING,
+    kinds.PROFILE_RECORDING,
+)
+
+
+def release_reconciler_finalizers(kube: client.ApiClient) -> None:
+    objects = client.CustomObjectsApi(kube)
+    for kind in _KINDS:
+        listing: Any = objects.list_cluster_custom_object(kind.group, kind.version, kind.plural)
+        for item in listing["items"]:
+            metadata = item["metadata"]
+            held = metadata.get("finalizers") or []
+            if not _OURS & set(held):
+                continue
+            body = {"metadata": {"finalizers": [f for f in held if f not in _OURS]}}
+            if kind.namespaced:
+                objects.patch_namespaced_custom_object(
+                    kind.group, kind.version, metadata["namespace"], kind.plural, metadata["name"], body
+                )
+            else:
+                objects.patch_cluster_custom_object(
+                    kind.group, kind.version, kind.plural, metadata["name"], body
+                )
