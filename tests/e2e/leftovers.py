@@ -1,4 +1,5 @@
-"""After a test stops a reconciler: take away the finalizers it held on the session's objects.
+"""After a test stops a reconciler: give the session its webhook registration back, then take away the
+finalizers the reconciler held on the session's objects.
 
 A reconciler that stops keeps its finalizers on purpose (a profile in use must not vanish while no
 reconciler runs). The session's control plane is shared by every test module, and the pods other
@@ -12,6 +13,8 @@ from typing import Any
 from kubernetes import client
 
 from api import constants, kinds
+from spo import localcluster
+from tests.conftest import register_webhooks
 
 _OURS = {constants.FINALIZER_IN_USE, constants.FINALIZER_ACTIVE_WORKLOAD, constants.FINALIZER_RECORDING_LOCK}
 _KINDS = (
@@ -41,3 +44,11 @@ def release_reconciler_finalizers(kube: client.ApiClient) -> None:
                 objects.patch_cluster_custom_object(
                     kind.group, kind.version, kind.plural, metadata["name"], body
                 )
+
+
+def hand_back_session(cluster: localcluster.ControlPlane, kube: client.ApiClient, webhook_url: str) -> None:
+    """The registration first: a test's reconciler may have pointed the webhook configurations at a
+    Service that does not exist here, and removing finalizers goes through admission (the ProfileBinding
+    validator), which would then fail every later test's writes."""
+    register_webhooks(cluster, kube, webhook_url)
+    release_reconciler_finalizers(kube)

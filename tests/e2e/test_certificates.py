@@ -42,8 +42,8 @@ from reconciler.webhook_config import (
 from spo import localcluster
 from spo.cli import build_parser
 from spo.processes import stop_process
-from tests.conftest import WebhookServer, register_webhooks
-from tests.e2e.leftovers import release_reconciler_finalizers
+from tests.conftest import WebhookServer
+from tests.e2e.leftovers import hand_back_session
 from tests.eventually import eventually
 
 pytestmark = pytest.mark.e2e
@@ -189,10 +189,9 @@ def test_renewals_and_a_ca_change_fail_no_admission_and_never_expose_the_ca_key(
         for thread in threads:
             thread.join(30)
         manager.stop()
-        release_reconciler_finalizers(kube)
         if webhook is not None:
             stop_process(webhook.pid, webhook)
-        register_webhooks(control_plane, kube, webhook_server.url)
+        hand_back_session(control_plane, kube, webhook_server.url)
 
     assert load.failures == []
     assert load.admitted > 0
@@ -264,8 +263,7 @@ def test_spo_reconciler_makes_the_secrets_and_publishes_their_bundle(
         eventually(published, 60, "the Secret's bundle in the webhook configurations")
     finally:
         manager.stop()
-        release_reconciler_finalizers(kube)
-        register_webhooks(control_plane, kube, webhook_server.url)
+        hand_back_session(control_plane, kube, webhook_server.url)
     data = _read_secret(core, constants.WEBHOOK_CERT_SECRET, namespace) or {}
     assert set(data) == {constants.TLS_CERT_FILE, constants.TLS_KEY_FILE, constants.CA_CERT_FILE}
     serving = x509.load_pem_x509_certificate(data[constants.TLS_CERT_FILE])

@@ -29,9 +29,9 @@ from reconciler.runtime import Manager
 from reconciler.webhook_config import Endpoint, desired_mutating_configuration
 from spo import localcluster
 from spo.cli import build_parser
-from tests.conftest import WebhookServer, register_webhooks
+from tests.conftest import WebhookServer
 from tests.docs_examples import default_spod_dict, merge_patch, spod_patches, without_nulls
-from tests.e2e.leftovers import release_reconciler_finalizers
+from tests.e2e.leftovers import hand_back_session
 from tests.eventually import eventually
 from tests.kubectl import kubectl
 
@@ -143,8 +143,7 @@ def reconciler(
         yield running
     finally:
         running.manager.stop()
-        release_reconciler_finalizers(kube)
-        register_webhooks(control_plane, kube, webhook_server.url)
+        hand_back_session(control_plane, kube, webhook_server.url)
 
 
 def _docs_spec(section: str) -> SPODSpec:

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import constants
 from spo import localcluster
-from tests.conftest import WebhookServer, register_webhooks
+from tests.conftest import WebhookServer
 from tests.docs_examples import spod_patches
-from tests.e2e.leftovers import release_reconciler_finalizers
+from tests.e2e.leftovers import hand_back_session
 from tests.eventually import eventually
 from tests.kubectl import kubectl, kubectl_json
 
@@ -95,8 +95,7 @@ def replicas(
                 if replica.process.poll() is None:
                     replica.process.terminate()
                     replica.process.wait(30)
-            release_reconciler_finalizers(kube)
-            register_webhooks(control_plane, kube, webhook_server.url)
+            hand_back_session(control_plane, kube, webhook_server.url)
 
 
 def _holder(kube: client.ApiClient, namespace: str) -> str | None:
