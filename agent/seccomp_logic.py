@@ -14,23 +14,12 @@ from typing import Any
 
 import orjson
 
+from api.constants import SECCOMP_ACTION_RESTRICTIVENESS as RANK
 from api.types import SeccompAction, SeccompProfileSpec, Syscall, SyscallArg
 
 MAX_BASE_DEPTH = 15
 OCI_PREFIX = "oci://"
 
-# Most restrictive first; KILL and KILL_THREAD are the same action.
-_RESTRICTIVENESS: dict[str, int] = {
-    "SCMP_ACT_KILL_PROCESS": 0,
-    "SCMP_ACT_KILL": 1,
-    "SCMP_ACT_KILL_THREAD": 1,
-    "SCMP_ACT_TRAP": 2,
-    "SCMP_ACT_ERRNO": 3,
-    "SCMP_ACT_NOTIFY": 4,
-    "SCMP_ACT_TRACE": 5,
-    "SCMP_ACT_LOG": 6,
-    "SCMP_ACT_ALLOW": 7,
-}
 # The actions the spod's allow-lists can restrict; the others only take rights away.
 RESTRICTABLE_ACTIONS: tuple[SeccompAction, ...] = (
     "SCMP_ACT_ALLOW",
@@ -100,8 +89,8 @@ def union_syscalls(first: Sequence[Syscall], second: Sequence[Syscall]) -> list[
 
 
 def _less_restrictive(a: Syscall, b: Syscall) -> Syscall:
-    if _RESTRICTIVENESS[a.action] != _RESTRICTIVENESS[b.action]:
-        return a if _RESTRICTIVENESS[a.action] > _RESTRICTIVENESS[b.action] else b
+    if RANK[a.action] != RANK[b.action]:
+        return a if RANK[a.action] > RANK[b.action] else b
     return a.model_copy(update={"args": _union_args(a.args, b.args)})
 
 

@@ -139,6 +139,19 @@ JSON_ENRICHER_LOG_DIR: Final = "/data/logs/jsonenricher"
 # --- node paths ---------------------------------------------------------------------------------
 KUBELET_DIR: Final = "/var/lib/kubelet"
 SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
+# Seccomp actions ranked most restrictive first (KILL and KILL_THREAD are the same action): a union of
+# profiles keeps the less restrictive action of a syscall (base profiles, recording merge).
+SECCOMP_ACTION_RESTRICTIVENESS: Final[dict[str, int]] = {
+    "SCMP_ACT_KILL_PROCESS": 0,
+    "SCMP_ACT_KILL": 1,
+    "SCMP_ACT_KILL_THREAD": 1,
+    "SCMP_ACT_TRAP": 2,
+    "SCMP_ACT_ERRNO": 3,
+    "SCMP_ACT_NOTIFY": 4,
+    "SCMP_ACT_TRACE": 5,
+    "SCMP_ACT_LOG": 6,
+    "SCMP_ACT_ALLOW": 7,
+}
 OPERATOR_ROOT: Final = "/var/lib/security-profiles-operator"
 SELINUX_POLICY_DIR: Final = "/etc/selinux.d"
 SELINUXFS: Final = "/sys/fs/selinux"  # has `enforce` when the kernel runs SELinux

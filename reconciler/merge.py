@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from api import constants
+from api.constants import SECCOMP_ACTION_RESTRICTIVENESS as RANK
 from api.types import (
     ObjectMeta,
     ProfileRecording,
@@ -29,19 +30,6 @@ from api.types import (
     SelinuxProfileSpec,
     Syscall,
 )
-
-# Most restrictive first; equal ranks are equally restrictive.
-_RESTRICTIVENESS: Final[dict[str, int]] = {
-    "SCMP_ACT_KILL_PROCESS": 0,
-    "SCMP_ACT_KILL": 1,
-    "SCMP_ACT_KILL_THREAD": 1,
-    "SCMP_ACT_TRAP": 2,
-    "SCMP_ACT_ERRNO": 3,
-    "SCMP_ACT_NOTIFY": 4,
-    "SCMP_ACT_TRACE": 5,
-    "SCMP_ACT_LOG": 6,
-    "SCMP_ACT_ALLOW": 7,
-}
 
 PartialProfile = SeccompProfile | SelinuxProfile
 
@@ -73,7 +61,7 @@ def merge_syscalls(spec_lists: Iterable[Sequence[Syscall] | None]) -> list[Sysca
             args = [a.to_dict() for a in entry.args] if entry.args else None
             for name in entry.names:
                 previous = chosen.get(name)
-                if previous is None or _RESTRICTIVENESS[entry.action] > _RESTRICTIVENESS[previous[0]]:
+                if previous is None or RANK[entry.action] > RANK[previous[0]]:
                     chosen[name] = (entry.action, entry.errno_ret, [args] if args else None)
                 elif entry.action == previous[0] and previous[2] is not None:
                     # Same action: unconditional wins, otherwise every condition is kept.
@@ -93,7 +81,7 @@ def merge_syscalls(spec_lists: Iterable[Sequence[Syscall] | None]) -> list[Sysca
     plain = [
         Syscall.model_validate({"names": names, "action": action, "errnoRet": errno_ret})
         for (action, errno_ret), names in sorted(
-            grouped.items(), key=lambda item: (-_RESTRICTIVENESS[item[0][0]], item[0][0], item[0][1] or 0)
+            grouped.items(), key=lambda item: (-RANK[item[0][0]], item[0][0], item[0][1] or 0)
         )
     ]
     return plain + conditional
