@@ -86,7 +86,7 @@ def spo_up_with_node() -> None:
     command's return, to the docs' test image Running; then `spo down`."""
     state = Path(tempfile.mkdtemp(prefix="spo-bench-node-"))
     kubectl = [str(Path(sys.executable).parent / "kubectl"), f"--kubeconfig={state / 'kubeconfig'}"]
-    spo = [sys.executable, "-P", "-m", "spo.cli"]
+    spo = localcluster.python_module("spo.cli")
     started = time.monotonic()
     up = subprocess.Popen(
         [*spo, "up", "--detach", "--state-dir", str(state), "--webhook-port", str(localcluster.free_port())],

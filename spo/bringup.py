@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import ssl
 import subprocess
-import sys
 from http import HTTPStatus
 from pathlib import Path
 
@@ -41,20 +40,15 @@ def start_webhook(
     cluster: localcluster.ControlPlane, namespace: str, port: int, name: str = "webhook"
 ) -> subprocess.Popen[bytes]:
     """`spo webhook` on 127.0.0.1:port with the cluster's webhook certificate; returns once ready."""
-    argv = [
-        # -P: a folder named like one of our packages in the caller's directory must not shadow it.
-        sys.executable, "-P", "-m", "spo.cli", "webhook",
+    argv = localcluster.python_module(
+        "spo.cli", "webhook",
         "--host", "127.0.0.1",
         "--port", str(port),
         "--cert-dir", str(cluster.pki.webhook_dir),
         "--kubeconfig", str(cluster.kubeconfig),
         "--namespace", namespace,
-    ]  # fmt: skip
-    with cluster.log_file(name).open("ab") as out:
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    cluster.processes[name] = process
+    )  # fmt: skip
+    process = cluster.spawn(name, argv)
     context = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
     cluster.wait_until(
         lambda: localcluster.http_ok(f"https://127.0.0.1:{port}/readyz", context), "webhook /readyz"
@@ -73,20 +67,16 @@ def start_agent(
 ) -> subprocess.Popen[bytes]:
     """`spo agent` for `node_name` as a host process writing below `kubelet_dir`; returns once its
     caches are synced (/healthz)."""
-    argv = [
-        sys.executable, "-P", "-m", "spo.cli", "agent",
+    argv = localcluster.python_module(
+        "spo.cli", "agent",
         "--node-name", node_name,
         "--kubeconfig", str(cluster.kubeconfig),
         "--namespace", namespace,
         "--kubelet-dir", str(kubelet_dir),
         "--host", "127.0.0.1",
         "--metrics-port", str(port),
-    ]  # fmt: skip
-    with cluster.log_file(name).open("ab") as out:
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    cluster.processes[name] = process
+    )  # fmt: skip
+    process = cluster.spawn(name, argv)
     cluster.wait_until(
         lambda: localcluster.http_ok(f"http://127.0.0.1:{port}{constants.PATH_HEALTHZ}"), f"{name} /healthz"
     )
@@ -99,8 +89,8 @@ def start_reconciler(
     """`spo reconciler` registering the webhooks by URL; the agents run as host processes here, so it
     manages no DaemonSet. Returns once it has created the spod and the webhook configurations."""
     health_port = localcluster.free_port()
-    argv = [
-        sys.executable, "-P", "-m", "spo.cli", "reconciler",
+    argv = localcluster.python_module(
+        "spo.cli", "reconciler",
         "--kubeconfig", str(cluster.kubeconfig),
         "--namespace", namespace,
         "--webhook-url", webhook_url,
@@ -108,12 +98,8 @@ def start_reconciler(
         "--no-daemonset",
         "--health-host", "127.0.0.1",
         "--health-port", str(health_port),
-    ]  # fmt: skip
-    with cluster.log_file(name).open("ab") as out:
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    cluster.processes[name] = process
+    )  # fmt: skip
+    process = cluster.spawn(name, argv)
     cluster.wait_until(
         lambda: localcluster.http_ok(f"http://127.0.0.1:{health_port}{constants.PATH_READYZ}"),
         "reconciler /readyz",

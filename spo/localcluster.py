@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -73,6 +74,12 @@ COMPONENTS_SERVING = "components-serving"
 
 class ControlPlaneError(RuntimeError):
     pass
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line running one of our modules in a child Python. -P: a folder named like one of
+    our packages in the caller's working directory must not shadow it."""
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def binaries_dir(progress: Callable[[str], None] = log.info) -> Path:
@@ -342,9 +349,10 @@ class ControlPlane:
 
     def spawn(
         self, name: str, argv: list[str], pass_fds: Sequence[int] = (), env: dict[str, str] | None = None
-    ) -> None:
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` in a session of its own, logging to logs/<name>.log, recorded as `name`."""
         with self.log_file(name).open("ab") as out:
-            self.processes[name] = subprocess.Popen(
+            process = subprocess.Popen(
                 argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -353,6 +361,8 @@ class ControlPlane:
                 pass_fds=pass_fds,
                 env=env,
             )
+        self.processes[name] = process
+        return process
 
     def wait_until(self, probe: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

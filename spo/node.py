@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -231,8 +230,7 @@ class Node:
         if imported.returncode != 0:
             raise localcluster.ControlPlaneError(f"importing {archive} failed:\n{imported.stderr}")
         port = localcluster.free_port()
-        # -P: a folder named like one of our packages in the caller's directory must not shadow it.
-        argv = [sys.executable, "-P", "-m", "spo.registry", str(archive), "--port", str(port)]
+        argv = localcluster.python_module("spo.registry", str(archive), "--port", str(port))
         self.cluster.spawn("registry", argv)
         url = f"http://127.0.0.1:{port}"
         self.cluster.wait_until(functools.partial(localcluster.http_ok, f"{url}/v2/"), "node image registry")

@@ -14,7 +14,6 @@ import base64
 import datetime
 import ssl
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,14 +203,14 @@ def test_renewals_and_a_ca_change_fail_no_admission_and_never_expose_the_ca_key(
 def _start_webhook(
     cluster: localcluster.ControlPlane, port: int, cert_dir: Path, tmp_path: Path
 ) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable, "-P", "-m", "spo.cli", "webhook",
+    argv = localcluster.python_module(
+        "spo.cli", "webhook",
         "--host", "127.0.0.1",
         "--port", str(port),
         "--cert-dir", str(cert_dir),
         "--kubeconfig", str(cluster.kubeconfig),
         "--namespace", constants.DEFAULT_NAMESPACE,
-    ]  # fmt: skip
+    )  # fmt: skip
     with (tmp_path / "webhook.log").open("ab") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
