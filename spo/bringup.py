@@ -70,9 +70,12 @@ def start_agent(
     port: int,
     *,
     name: str = "agent",
+    selinux_dir: Path | None = None,
+    selinux_mode: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`spo agent` for `node_name` as a host process writing below `kubelet_dir`; returns once its
-    caches are synced (/healthz)."""
+    """`spo agent` for `node_name` as a host process writing below `kubelet_dir` (and SELinux policies
+    in `selinux_dir` with `selinux_mode`, the agent's defaults when None); returns once its caches are
+    synced (/healthz)."""
     argv = [
         sys.executable, "-P", "-m", "spo.cli", "agent",
         "--node-name", node_name,
@@ -81,6 +84,8 @@ def start_agent(
         "--kubelet-dir", str(kubelet_dir),
         "--host", "127.0.0.1",
         "--metrics-port", str(port),
+        *(["--selinux-dir", str(selinux_dir)] if selinux_dir is not None else []),
+        *(["--selinux-mode", selinux_mode] if selinux_mode is not None else []),
     ]  # fmt: skip
     with cluster.log_file(name).open("ab") as out:
         process = subprocess.Popen(
