@@ -11,16 +11,10 @@ import pytest
 
 from agent.handlers import Desired, PolicyFiles, SelinuxHandler
 from agent.selinux import COMPILED_NOT_LOADED, SELINUX_MODE_COMPILE_ONLY, open_store
+from api import types
 from api.baseprofiles import builtin_spec
 from api.kinds import RAW_SELINUX_PROFILE, SELINUX_PROFILE
-from api.types import (
-    ProfileState,
-    SeccompProfileSpec,
-    SecurityProfilesOperatorDaemon,
-    SelinuxProfile,
-    SPODSpec,
-    default_spod,
-)
+from api.types import ProfileState, SelinuxProfile, default_spod
 from tests.test_selinux_cil import profile, raw
 
 pytestmark = pytest.mark.skipif(
@@ -32,13 +26,13 @@ class FakeView:
     def __init__(self, *profiles: SelinuxProfile) -> None:
         self._profiles = {p.metadata.name or "": p for p in profiles}
 
-    def spod_spec(self) -> SPODSpec:
+    def spod_spec(self) -> types.SPODSpec:
         return self.spod().spec
 
-    def spod(self) -> SecurityProfilesOperatorDaemon:
+    def spod(self) -> types.SecurityProfilesOperatorDaemon:
         return default_spod()
 
-    def seccomp_spec(self, name: str) -> SeccompProfileSpec | None:
+    def seccomp_spec(self, name: str) -> types.SeccompProfileSpec | None:
         return builtin_spec(name)
 
     def selinux_profiles(self) -> Mapping[str, SelinuxProfile]:
