@@ -526,4 +526,13 @@ def test_restart_removes_the_policy_of_a_profile_deleted_meanwhile(agent: Runnin
     agent.start()
     wait_for(lambda: not (agent.selinux_dir / f"{gone}.cil").exists(), f"{gone}.cil to be removed")
     assert (agent.selinux_dir / f"{kept}.cil").exists()
+    # release_node took the finalizer off `kept` too; deleting it before the agent puts it back would
+    # race the agent's cleanup with the assertions.
+    finalizer = node_finalizer(agent.node)
+
+    def finalized() -> bool:
+        found = get_profile(agent.kube, kept, RAW_SELINUX_PROFILE)
+        return found is not None and finalizer in (found["metadata"].get("finalizers") or [])
+
+    wait_for(finalized, f"{kept} to carry {finalizer} again")
     delete_and_wait_gone(agent, RAW_SELINUX_PROFILE, kept)
