@@ -64,9 +64,12 @@ def start_agent(
     port: int,
     *,
     name: str = "agent",
+    selinux_dir: Path | None = None,
+    selinux_mode: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`spo agent` for `node_name` as a host process writing below `kubelet_dir`; returns once its
-    caches are synced (/healthz)."""
+    """`spo agent` for `node_name` as a host process writing below `kubelet_dir` (and SELinux policies
+    in `selinux_dir` with `selinux_mode`, the agent's defaults when None); returns once its caches are
+    synced (/healthz)."""
     argv = localcluster.python_module(
         "spo.cli", "agent",
         "--node-name", node_name,
@@ -75,6 +78,8 @@ def start_agent(
         "--kubelet-dir", str(kubelet_dir),
         "--host", "127.0.0.1",
         "--metrics-port", str(port),
+        *(["--selinux-dir", str(selinux_dir)] if selinux_dir is not None else []),
+        *(["--selinux-mode", selinux_mode] if selinux_mode is not None else []),
     )  # fmt: skip
     process = cluster.spawn(name, argv)
     cluster.wait_until(
@@ -164,7 +169,12 @@ def bring_up(
         ensure_builtin_base_profiles(api)
         if with_node:
             start_agent(
-                cluster, facts["node"], local_node.paths.kubelet_root, namespace, localcluster.free_port()
+                cluster,
+                facts["node"],
+                local_node.paths.kubelet_root,
+                namespace,
+                localcluster.free_port(),
+                selinux_dir=local_node.paths.selinux_dir,
             )
     except BaseException:
         stop_all(cluster, node_binaries)

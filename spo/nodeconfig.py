@@ -58,6 +58,12 @@ class NodePaths:
         return self.kubelet_root / "seccomp" / constants.SECCOMP_OPERATOR_DIR
 
     @property
+    def selinux_dir(self) -> Path:
+        """The node's SELinux policy directory: this host has no SELinux, so the agent only compiles the
+        policies it writes here, and they go with the node."""
+        return self.root / "selinux.d"
+
+    @property
     def kubelet_config(self) -> Path:
         return self.root / "kubelet-config.yaml"
 

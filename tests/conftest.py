@@ -193,6 +193,7 @@ class NodeSlot:
                 local_node.paths.kubelet_root,
                 constants.DEFAULT_NAMESPACE,
                 localcluster.free_port(),
+                selinux_dir=local_node.paths.selinux_dir,
             )
         except BaseException:
             self._stop(cluster, node_binaries)
