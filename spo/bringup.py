@@ -1,6 +1,6 @@
 """What `spo up` brings up: the control plane, the CRDs, the operator namespace, the webhook process,
-and the reconciler, which creates the default spod and keeps the webhook configurations pointing at
-the webhook by URL."""
+the reconciler, which creates the default spod and the built-in base profiles and keeps the webhook
+configurations pointing at the webhook by URL, and the node's agent."""
 
 from __future__ import annotations
 
@@ -16,24 +16,8 @@ from kubernetes.client.exceptions import ApiException
 import certs
 import manifests.crds
 from api import constants
-from api.baseprofiles import builtin_base_profiles
-from api.kinds import SECCOMP_PROFILE
 from api.kube import api_client
-from api.types import SeccompProfile
 from spo import localcluster, node
-
-
-def ensure_builtin_base_profiles(api: client.ApiClient) -> None:
-    """Create the built-in base profiles that do not exist (a user's own of that name is kept)."""
-    objects = client.CustomObjectsApi(api)
-    for profile in builtin_base_profiles():
-        try:
-            objects.create_cluster_custom_object(
-                constants.GROUP, SeccompProfile.VERSION, SECCOMP_PROFILE.plural, profile.to_dict()
-            )
-        except ApiException as error:
-            if error.status != 409:
-                raise
 
 
 def start_webhook(
@@ -166,7 +150,6 @@ def bring_up(
         localcluster.ensure_namespace(api, namespace)
         start_webhook(cluster, namespace, webhook_port)
         start_reconciler(cluster, namespace, f"https://127.0.0.1:{webhook_port}")
-        ensure_builtin_base_profiles(api)
         if with_node:
             start_agent(
                 cluster,
