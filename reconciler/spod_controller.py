@@ -5,7 +5,8 @@ The spod is created with the defaults when the reconciler starts and finds none 
 at start-up); a spod a user deleted stays deleted until the next start, so removing the operator
 by deleting its spod is not undone by the operator itself. The built-in base profiles (the docs'
 7.8.2 `baseProfileName: runc-v1.0.0`) are created at the same moment, each only if missing, so a user's
-own profile of that name is kept.
+own profile of that name is kept. With the log enricher on, the `log-enricher-trace` profile recorded
+containers run under is created too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from kubernetes.client.exceptions import ApiException
 from api import constants, kinds
 from api.baseprofiles import builtin_base_profiles
 from api.kube import ResourceCache
-from api.types import KubernetesObject, SecurityProfilesOperatorDaemon, SPODStatus, default_spod
+from api.types import (
+    KubernetesObject,
+    SecurityProfilesOperatorDaemon,
+    SPODStatus,
+    default_spod,
+    log_enricher_trace_profile,
+)
 from reconciler import spod as spod_config
 from reconciler.drift import needs_apply
 from reconciler.runtime import Controller, Watch, add_finalizer, apply, remove_finalizer, split_key
@@ -178,6 +185,9 @@ class SpodReconciler:
             self._report(name, found, spod)
             return None
         self._apply_webhook_configurations(spod)
+        if spod.spec.enable_log_enricher:
+            # Recorded containers run under it; a user who deleted it gets it back on the next pass.
+            create_missing(self.api, kinds.SECCOMP_PROFILE, [log_enricher_trace_profile().to_dict()])
         daemonset_status: dict[str, Any] | None = None
         generation = None
         if self.settings.manage_daemonset:

@@ -201,6 +201,29 @@ def test_the_builtin_base_profiles_are_created_and_a_users_own_is_kept(
         assert found[name]["spec"]["syscalls"][0]["action"] == "SCMP_ACT_ALLOW"
 
 
+def test_the_log_enricher_brings_its_trace_profile(reconciler: Reconciler, kube: client.ApiClient) -> None:
+    """Docs 7.6.3: with `enableLogEnricher: true` the recording webhook's `log-enricher-trace` profile
+    exists (everything logged), and it comes back if deleted."""
+    sp = kinds.SECCOMP_PROFILE
+    trace = constants.LOG_ENRICHER_TRACE_PROFILE
+    objects = client.CustomObjectsApi(kube)
+    try:
+        objects.delete_cluster_custom_object(sp.group, sp.version, sp.plural, trace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    reconciler.patch({"spec": {"enableLogEnricher": True}})
+    eventually(lambda: trace in _seccomp_profiles(kube), what="the trace profile")
+    found = _seccomp_profiles(kube)[trace]
+    assert found["spec"]["defaultAction"] == "SCMP_ACT_LOG" and "syscalls" not in found["spec"]
+    objects.delete_cluster_custom_object(sp.group, sp.version, sp.plural, trace)
+    reconciler.patch({"spec": {"verbosity": 1}})
+    eventually(
+        lambda: (_seccomp_profiles(kube).get(trace) or found)["metadata"]["uid"] != found["metadata"]["uid"],
+        what="a new trace profile",
+    )
+
+
 def _seccomp_profiles(kube: client.ApiClient) -> dict[str, dict[str, Any]]:
     sp = kinds.SECCOMP_PROFILE
     listing: Any = client.CustomObjectsApi(kube).list_cluster_custom_object(sp.group, sp.version, sp.plural)
