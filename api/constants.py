@@ -289,3 +289,20 @@ SPOD_HEALTH_PORT: Final = 8085
 
 # --- profile status, deletion protection, recording merge (reconciler) ----------------------------
 CONDITION_READY: Final = "Ready"
+
+# --- audit attribution and the log enricher (agent/attribution.py, agent/enricher.py) ------------
+# With memory optimisation the agent's pod watch sees only pods carrying this label value (docs 7.8.3).
+ENABLE_RECORDING_LABEL_VALUE: Final = "true"
+FIELD_SELECTOR_POD_NODE_NAME: Final = "spec.nodeName"
+# pid -> container id cache (upstream: 1000 entries); entries carry the process start time.
+PID_CACHE_MAX_ENTRIES: Final = 1000
+CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
+# Events of containers whose pod is not known yet wait this long at most, this many in all: a
+# container's id reaches its pod's status within seconds of its start, the rest is another runtime's
+# container (never a pod's) or a pod deleted meanwhile.
+BACKLOG_MAX_EVENTS: Final = 10000
+BACKLOG_MAX_AGE_SECONDS: Final = 300.0
+LOG_ENRICHER_LOGGER: Final = "log-enricher"
+# The spod's logEnricherFilters / jsonEnricherFilters levels: Metadata emits the line, None drops it.
+ENRICHER_LEVEL_METADATA: Final = "Metadata"
+ENRICHER_LEVEL_NONE: Final = "None"
