@@ -35,18 +35,17 @@ def _node() -> str:
 
 
 def _create_pod(core: client.CoreV1Api, namespace: str, name: str, node: str, labels: dict[str, str]) -> None:
-    core.create_namespaced_pod(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "nodeName": node,
-                "containers": [{"name": "nginx", "image": constants.IMAGE_TEST_NGINX_UNPRIVILEGED}],
-            },
+    # The client takes a plain dict as well as its V1Pod model.
+    pod: Any = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "nginx", "image": constants.IMAGE_TEST_NGINX_UNPRIVILEGED}],
         },
-    )
+    }
+    core.create_namespaced_pod(namespace, pod)
 
 
 def _report_running(core: client.CoreV1Api, namespace: str, name: str, container_id: str) -> None:
