@@ -302,7 +302,11 @@ CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
 # container (never a pod's) or a pod deleted meanwhile.
 BACKLOG_MAX_EVENTS: Final = 10000
 BACKLOG_MAX_AGE_SECONDS: Final = 300.0
-LOG_ENRICHER_LOGGER: Final = "log-enricher"
 # The spod's logEnricherFilters / jsonEnricherFilters levels: Metadata emits the line, None drops it.
 ENRICHER_LEVEL_METADATA: Final = "Metadata"
 ENRICHER_LEVEL_NONE: Final = "None"
+# The log enricher's line: `"audit" logger="log-enricher" timestamp=... type="seccomp" ...` (inventory §6.3).
+LOG_ENRICHER_LOGGER: Final = "log-enricher"
+LOG_ENRICHER_MESSAGE: Final = "audit"
+AUDIT_TYPE_SECCOMP: Final = "seccomp"
+AUDIT_TYPE_SELINUX: Final = "selinux"
