@@ -56,7 +56,8 @@ def container_id_from_cgroup(text: str) -> str | None:
     holding one (nested runtimes put the innermost id last); None when no line has one.
 
     No runtime-specific patterns, as upstream: containerd, CRI-O and docker, systemd and cgroupfs
-    drivers, cgroup v1 and v2 all put the id in the path. A host process has no such path."""
+    drivers, cgroup v1 and v2 all put the id in the path. A host process has no such path, and the id
+    of a container that is no pod's (another runtime's) is never in the index, so never reported."""
     for line in text.splitlines():
         matches = _CONTAINER_ID.findall(line)
         if matches:
@@ -400,8 +401,10 @@ def watch_node_pods(
 ) -> ResourceCache[NodePod]:
     """A cache (not started) of this node's pods that keeps ``index`` in step with them.
 
-    ``on_new_containers`` hears, on the cache's thread, the ids each change added to the index (the
-    pipeline then releases their backlog); keep it short."""
+    ``on_new_containers`` hears, on the cache's thread, the ids each change added to the index; keep
+    it short: hand the ids to the audit pipeline's thread and release their backlog there. (Released
+    here, an event the pipeline backlogs just after its lookup missed, but just before this release,
+    would wait until it expires.)"""
     fields, labels = pod_selectors(node_name, memory_optimization)
     cache = ResourceCache(api, kinds.POD, NodePod, label_selector=labels, field_selector=fields)
 
