@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.attribution import (
     Backlog,
@@ -533,6 +535,62 @@ def test_backlog_drops_events_past_the_maximum_age() -> None:
     assert backlog.dropped_expired == 2
     backlog.add(CRIO_ID, "fresh", now=100)
     assert backlog.release(CRIO_ID, now=130) == ["fresh"]  # exactly the maximum age still waits
+
+
+class ReferenceBacklog:
+    """The backlog's rules spelled as plainly as possible: one list, oldest first."""
+
+    def __init__(self, max_events: int, max_age: float) -> None:
+        self.max_events, self.max_age = max_events, max_age
+        self.events: list[tuple[str, float, int]] = []
+        self.dropped_full = self.dropped_expired = 0
+
+    def expire(self, now: float) -> None:
+        while self.events and self.events[0][1] < now - self.max_age:
+            self.events.pop(0)
+            self.dropped_expired += 1
+
+    def add(self, container: str, event: int, now: float) -> None:
+        self.expire(now)
+        if len(self.events) >= self.max_events:
+            self.events.pop(0)
+            self.dropped_full += 1
+        self.events.append((container, now, event))
+
+    def release(self, container: str, now: float) -> list[int]:
+        self.expire(now)
+        released = [e for c, _, e in self.events if c == container]
+        self.events = [item for item in self.events if item[0] != container]
+        return released
+
+
+OPERATIONS = st.lists(
+    st.tuples(st.sampled_from(["add", "release", "expire"]), st.sampled_from("abc"), st.integers(0, 20)),
+    max_size=60,
+)
+
+
+@given(OPERATIONS, st.integers(1, 6), st.integers(1, 40))
+def test_backlog_behaves_as_the_plain_reference(
+    operations: list[tuple[str, str, int]], max_events: int, max_age: int
+) -> None:
+    backlog, reference = Backlog[int](max_events, max_age), ReferenceBacklog(max_events, max_age)
+    now = 0.0
+    for number, (operation, container, step) in enumerate(operations):
+        now += step  # the caller's clock never goes back
+        if operation == "add":
+            backlog.add(container, number, now)
+            reference.add(container, number, now)
+        elif operation == "release":
+            assert backlog.release(container, now) == reference.release(container, now)
+        else:
+            backlog.expire(now)
+            reference.expire(now)
+        assert len(backlog) == len(reference.events) <= max_events
+        assert (backlog.dropped_full, backlog.dropped_expired) == (
+            reference.dropped_full,
+            reference.dropped_expired,
+        )
 
 
 # --- the watch's selectors -------------------------------------------------------------------------
