@@ -7,8 +7,9 @@ Records, pure, owned by the audit pipeline's thread (not thread-safe):
   it calls (at most once per process, the first time it sees it) for the process's /proc details
   (`agent.processinfo.describe`). A record is due `interval_seconds` after its first event: `flush(now)`
   returns the due records, `drain()` all of them (at shutdown). `now` is the caller's clock, the same
-  one for `add` and `flush`. `add` returns the records it had to close early: at most `max_open`
-  processes are open at once, and the oldest is emitted rather than dropped.
+  one for `add` and `flush` (`time.monotonic()`: a wall clock stepping back would hold records).
+  `add` returns the records it had to close early: at most `max_open` processes are open at once, and
+  the oldest is emitted rather than dropped.
   A record is a dict with exactly the keys of docs 7.9.5, in its order (alphabetical, as upstream's
   encoder writes them), ready for the `jsonEnricherFilters`; `encode(record)` is its JSON line.
 
@@ -136,6 +137,8 @@ class Aggregator:
         describe: Callable[[], ProcessInfo],
     ) -> list[Record]:
         """Count one event (`timestamp`: its audit time in seconds); the records closed early."""
+        if pid < 1 or not syscall:
+            raise ValueError(f"not a seccomp event: pid {pid}, syscall {syscall!r}")
         key = (pid, start_time)
         bucket = self._open.get(key)
         closed: list[Record] = []

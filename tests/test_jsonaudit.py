@@ -269,9 +269,17 @@ def test_the_interval_defaults_and_refuses_negatives() -> None:
         Aggregator(NODE, max_open=0)
 
 
+@pytest.mark.parametrize(("pid", "syscall"), [(0, "read"), (-5, "read"), (1, "")])
+def test_what_is_not_an_event_is_refused(pid: int, syscall: str) -> None:
+    aggregator = Aggregator(NODE)
+    with pytest.raises(ValueError, match="not a seccomp event"):
+        _add(aggregator, 0, pid=pid, syscall=syscall)
+    assert aggregator.drain() == []
+
+
 def test_audit_ids_are_fresh_uuids() -> None:
     aggregator = Aggregator(NODE)
-    for pid in range(3):
+    for pid in range(1, 4):
         _add(aggregator, 0, pid=pid)
     ids = [record["auditID"] for record in aggregator.drain()]
     assert len(set(ids)) == 3
