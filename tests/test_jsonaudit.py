@@ -9,6 +9,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +34,12 @@ from agent.jsonaudit import (
     iso_timestamp,
     open_writer,
 )
-from agent.processinfo import ProcessInfo
+from agent.processinfo import ProcessInfo, describe
+from api.constants import EXEC_REQUEST_UID_ENV
 from api.types import JsonEnricherOptions
+from tests.eventually import eventually
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE = "worker-1"
 DAY = 24 * 60 * 60
 
@@ -589,3 +594,58 @@ def test_open_writer_follows_the_spod_options(tmp_path: Path) -> None:
     assert isinstance(default, RotatingFile)
     assert default.max_bytes == 100 * MEBIBYTE
     default.close()
+
+
+def test_a_real_process_becomes_a_line_in_the_audit_log(tmp_path: Path) -> None:
+    """The pieces together on the real /proc: a process run as the exec webhook runs it is described at
+    its first event, and its record reaches the file even though the process has exited by then."""
+    child = subprocess.Popen(["env", f"{EXEC_REQUEST_UID_ENV}=uid-1", "sleep", "600"])
+    try:
+        eventually(
+            lambda: Path(f"/proc/{child.pid}/cmdline").read_bytes() == b"sleep\x00600\x00", what="exec"
+        )
+        aggregator = Aggregator(NODE, 30)
+        for now, syscall in enumerate(["execve", "clone", "execve"]):
+            aggregator.add(
+                pid=child.pid,
+                start_time=1,
+                syscall=syscall,
+                timestamp=_epoch("2026-02-16T14:01:07"),
+                uid=None,
+                gid=None,
+                executable="/usr/bin/env",
+                resource=Resource("nginx", "default", "my-pod"),
+                now=now,
+                describe=lambda: describe(Path("/proc"), child.pid),
+            )
+    finally:
+        child.kill()
+        child.wait()
+    writer = open_writer(JsonEnricherOptions(audit_log_path=str(tmp_path / "audit1.log")))
+    for record in aggregator.flush(30):
+        writer.write(encode(record))
+    writer.close()
+    [line] = (tmp_path / "audit1.log").read_bytes().splitlines()
+    record = orjson.loads(line)
+    del record["auditID"]
+    assert record == {
+        "cmdLine": "sleep 600 ",
+        "executable": "/usr/bin/env",
+        "gid": os.getgid(),
+        "node": {"name": NODE},
+        "pid": child.pid,
+        "requestUID": "uid-1",
+        "resource": {"container": "nginx", "namespace": "default", "pod": "my-pod"},
+        "syscalls": ["execve", "clone"],
+        "timestamp": "2026-02-16T14:01:07.000Z",
+        "uid": os.getuid(),
+        "version": "spo/v1_alpha",
+    }
+
+
+def test_records_go_to_the_process_stdout_without_a_path() -> None:
+    script = "from agent.jsonaudit import open_writer; w = open_writer(None); w.write(b'{}\\n'); w.close()"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
+    assert out == b"{}\n"
