@@ -319,8 +319,14 @@ class RotatingFile:
                 self._fd = self._rotate(self._fd)
                 self._size = 0
             view = memoryview(line)
-            while view:  # a regular file takes it whole, unless the disk is full (which raises)
-                view = view[os.write(self._fd, view) :]
+            try:
+                while view:  # a regular file takes it whole unless it cannot grow (full disk, quota)
+                    view = view[os.write(self._fd, view) :]
+            except OSError:
+                # Take back the part that was written, so the file still ends on a whole line.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+                raise
             self._size += len(line)
 
     def close(self) -> None:

@@ -4,10 +4,13 @@ interval with the caller's clock, and the rotating audit log (acceptance 5 of is
 from __future__ import annotations
 
 import calendar
+import errno
 import io
 import json
 import os
 import re
+import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -152,7 +155,7 @@ def test_a_process_gives_the_docs_record(docs_text: str) -> None:
     docs = _docs_record(docs_text)
     aggregator = Aggregator(NODE, 30, new_audit_id=lambda: docs["auditID"])
     process = ProcessInfo(cmdline=docs["cmdLine"], request_uid=docs.get("requestUID"))
-    resource = Resource(**docs["resource"])
+    where = Resource(**docs["resource"])
     for number, syscall in enumerate([*docs["syscalls"], *docs["syscalls"]]):
         assert (
             _add(
@@ -164,7 +167,7 @@ def test_a_process_gives_the_docs_record(docs_text: str) -> None:
                 uid=docs["uid"],
                 gid=docs["gid"],
                 executable=docs["executable"],
-                resource=resource,
+                resource=where,
                 describe=(lambda: process) if number == 0 else _no_describe,
             )
             == []
@@ -649,3 +652,31 @@ def test_records_go_to_the_process_stdout_without_a_path() -> None:
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, check=True
     ).stdout
     assert out == b"{}\n"
+
+
+def test_a_line_the_file_cannot_take_is_not_left_half_written(tmp_path: Path) -> None:
+    # The kernel's file size limit (RLIMIT_FSIZE) stands in for a full disk: the write that crosses it
+    # is cut short, the next one fails (EFBIG). A forked child takes the limit, not the test process.
+    log = tmp_path / "audit1.log"
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        outcome = b"no error"
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+            writer = RotatingFile(log)
+            for number in range(10):
+                writer.write(_line(number))
+        except OSError as error:
+            outcome = errno.errorcode.get(error.errno or 0, "?").encode()
+        finally:
+            os.write(write_end, outcome)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        outcome = reader.read()
+    os.waitpid(child, 0)
+    assert outcome == b"EFBIG"
+    content = log.read_bytes()
+    assert content == b"".join(_line(number) for number in range(1000 // len(_line(0))))
