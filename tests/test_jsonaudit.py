@@ -41,6 +41,7 @@ from agent.processinfo import ProcessInfo, describe
 from api.constants import EXEC_REQUEST_UID_ENV
 from api.types import JsonEnricherOptions
 from tests.eventually import eventually
+from tests.forked import in_child
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE = "worker-1"
@@ -656,27 +657,20 @@ def test_records_go_to_the_process_stdout_without_a_path() -> None:
 
 def test_a_line_the_file_cannot_take_is_not_left_half_written(tmp_path: Path) -> None:
     # The kernel's file size limit (RLIMIT_FSIZE) stands in for a full disk: the write that crosses it
-    # is cut short, the next one fails (EFBIG). A forked child takes the limit, not the test process.
+    # is cut short, the next one fails (EFBIG). A child takes the limit, not the test process.
     log = tmp_path / "audit1.log"
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child reports through the pipe
-        outcome = b"no error"
+
+    def limited() -> bytes:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+        writer = RotatingFile(log)
         try:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
-            writer = RotatingFile(log)
             for number in range(10):
                 writer.write(_line(number))
         except OSError as error:
-            outcome = errno.errorcode.get(error.errno or 0, "?").encode()
-        finally:
-            os.write(write_end, outcome)
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        outcome = reader.read()
-    os.waitpid(child, 0)
-    assert outcome == b"EFBIG"
+            return errno.errorcode.get(error.errno or 0, "?").encode()
+        return b"no error"
+
+    assert in_child(limited) == b"EFBIG"
     content = log.read_bytes()
     assert content == b"".join(_line(number) for number in range(1000 // len(_line(0))))

@@ -24,6 +24,7 @@ from agent.processinfo import (
 )
 from api.constants import EXEC_REQUEST_UID_ENV
 from tests.eventually import eventually
+from tests.forked import in_child
 
 ENV = EXEC_REQUEST_UID_ENV.encode()
 # Docs 7.9.13, first listing: the exec webhook's wrapper, then the command it runs.
@@ -176,23 +177,13 @@ def test_describe_a_process_that_is_gone() -> None:
 
 def test_describe_without_the_rights_gives_what_is_readable(sleeper: subprocess.Popen[bytes]) -> None:
     # As nobody, another user's environ and exe link are refused (EACCES); cmdline and status are not.
-    # A forked child drops to nobody (the interpreter may sit where nobody cannot exec it).
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child reports through the pipe
-        status = 1
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.write(write_end, json.dumps(asdict(describe(Path("/proc"), sleeper.pid))).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        reported = reader.read()
-    assert os.waitpid(child, 0)[1] == 0
+    def as_nobody() -> bytes:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        return json.dumps(asdict(describe(Path("/proc"), sleeper.pid))).encode()
+
+    reported = in_child(as_nobody)
     assert json.loads(reported) == asdict(
         ProcessInfo(cmdline="sleep 600 ", executable=None, uid=os.getuid(), gid=os.getgid(), request_uid=None)
     )
