@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -177,16 +178,19 @@ def test_describe_a_process_that_is_gone() -> None:
 
 def test_describe_without_the_rights_gives_what_is_readable(sleeper: subprocess.Popen[bytes]) -> None:
     # As nobody, another user's environ and exe link are refused (EACCES); cmdline and status are not.
+    assert _describe_as_nobody(Path("/proc"), sleeper.pid) == ProcessInfo(
+        cmdline="sleep 600 ", executable=None, uid=os.getuid(), gid=os.getgid(), request_uid=None
+    )
+
+
+def _describe_as_nobody(proc: Path, pid: int) -> ProcessInfo:
     def as_nobody() -> bytes:
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
-        return json.dumps(asdict(describe(Path("/proc"), sleeper.pid))).encode()
+        return json.dumps(asdict(describe(proc, pid))).encode()
 
-    reported = in_child(as_nobody)
-    assert json.loads(reported) == asdict(
-        ProcessInfo(cmdline="sleep 600 ", executable=None, uid=os.getuid(), gid=os.getgid(), request_uid=None)
-    )
+    return ProcessInfo(**json.loads(in_child(as_nobody)))
 
 
 # --- fake proc trees --------------------------------------------------------------------------------
@@ -232,6 +236,23 @@ def test_describe_a_process_whose_files_went_missing(tmp_path: Path) -> None:
     _fake_process(tmp_path, 7, {"cmdline": _nul("sh")}, None)
     assert describe(tmp_path, 7) == ProcessInfo(cmdline="sh ")
     assert describe(tmp_path, 8) == ProcessInfo()
+
+
+def test_describe_a_fake_process_without_the_rights() -> None:
+    # Root reads any file, so nobody reads the tree: environ and status are root's alone. The tree is
+    # outside pytest's tmp_path, which only root may enter.
+    with tempfile.TemporaryDirectory() as directory:
+        proc = Path(directory)
+        proc.chmod(0o755)
+        files = {
+            "cmdline": _nul("sh"),
+            "environ": _nul(f"{EXEC_REQUEST_UID_ENV}=u"),
+            "status": b"Uid:\t0\t0\t0\t0\n",
+        }
+        _fake_process(proc, 11, files, "/bin/sh")
+        for name in ("environ", "status"):
+            (proc / "11" / name).chmod(0o600)
+        assert _describe_as_nobody(proc, 11) == ProcessInfo(cmdline="sh ", executable="/bin/sh")
 
 
 def test_describe_with_unreadable_entries(tmp_path: Path) -> None:
