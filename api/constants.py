@@ -317,3 +317,20 @@ LOG_ENRICHER_LOGGER: Final = "log-enricher"
 LOG_ENRICHER_MESSAGE: Final = "audit"
 AUDIT_TYPE_SECCOMP: Final = "seccomp"
 AUDIT_TYPE_SELINUX: Final = "selinux"
+
+# --- JSON enricher (advanced audit logging, docs 7.9) ------------------------------------------------
+JSON_AUDIT_VERSION: Final = "spo/v1_alpha"  # every record's `version`
+# What 0 (or no value) in the spod's jsonEnricherOptions means (upstream's defaults).
+DEFAULT_AUDIT_LOG_INTERVAL_SECONDS: Final = 60
+DEFAULT_AUDIT_LOG_MAX_SIZE_MB: Final = 100
+# The audit log and its backups hold who ran what: readable by root only, as upstream (lumberjack) does.
+AUDIT_LOG_FILE_MODE: Final = 0o600
+AUDIT_LOG_DIR_MODE: Final = 0o700
+# Backups are `<base>-<UTC time><ext>` beside the log, the time as lumberjack spells it (Go layout
+# 2006-01-02T15-04-05.000).
+AUDIT_LOG_BACKUP_TIME_FORMAT: Final = "%Y-%m-%dT%H-%M-%S"
+# The files of <proc>/<pid> the enricher describes a process from.
+PROC_CMDLINE: Final = "cmdline"
+PROC_ENVIRON: Final = "environ"
+PROC_EXE: Final = "exe"
+PROC_STATUS: Final = "status"
