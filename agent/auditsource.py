@@ -67,33 +67,43 @@ class _OpenFile:
     tail: bytes = b""  # the last TAIL_BYTES read, ending at offset
     skip_to_newline: bool = False  # started inside a line (at the end of a file) or dropped an overlong one
 
-    def read_lines(self) -> Iterator[str]:
-        """Every complete line now in the file after offset."""
+    def read_blocks(self) -> Iterator[str]:
+        """Every complete line now in the file after offset, in blocks (see FileSource.blocks)."""
         while True:
-            chunk = os.pread(self.fd, CHUNK_BYTES, self.offset)
-            if not chunk:
+            more, block = self.read_block()
+            if block is not None:
+                yield block
+            if not more:
                 return
-            self.offset += len(chunk)
-            self.tail = (self.tail + chunk)[-TAIL_BYTES:]
-            yield from self.feed(chunk)
 
-    def feed(self, chunk: bytes) -> Iterator[str]:
+    def read_block(self) -> tuple[bool, str | None]:
+        """Whether there was anything to read after offset, and the lines it completed as one block
+        (None if none)."""
+        chunk = os.pread(self.fd, CHUNK_BYTES, self.offset)
+        if not chunk:
+            return False, None
+        self.offset += len(chunk)
+        self.tail = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else (self.tail + chunk)[-TAIL_BYTES:]
+        return True, self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> str | None:
         if self.skip_to_newline:
             newline = chunk.find(b"\n")
             if newline < 0:
-                return
+                return None
             self.skip_to_newline = False
             chunk = chunk[newline + 1 :]
         end = chunk.rfind(b"\n")
         if end < 0:
             self._keep(chunk)
-            return
+            return None
         complete = chunk[:end]
         if self.pending:
             complete = bytes(self.pending + complete)
             self.pending.clear()
-        yield from map(_decode, complete.split(b"\n"))
         self._keep(chunk[end + 1 :])
+        # One decode for the whole chunk: a newline byte is never part of a UTF-8 sequence.
+        return _decode(complete)
 
     def _keep(self, rest: bytes) -> None:
         self.pending += rest
@@ -103,7 +113,7 @@ class _OpenFile:
             self.skip_to_newline = True
 
     def finish(self) -> Iterator[str]:
-        """The unterminated last line of a file no one will write to again."""
+        """The unterminated last line of a file no one will write to again, as a block."""
         if self.pending and not self.skip_to_newline:
             yield _decode(bytes(self.pending))
         self.pending.clear()
@@ -140,6 +150,12 @@ class FileSource:
 
     def lines(self, stop: threading.Event) -> Iterator[str]:
         """The lines from now on (the file is opened, at its end, by this call); iterate to the end."""
+        return (line for block in self.blocks(stop) for line in block.split("\n"))
+
+    def blocks(self, stop: threading.Event) -> Iterator[str]:
+        """The same lines, several at a time: each block is one or more complete lines joined by
+        newlines, without the last one (`block.split("\\n")` gives the lines), for
+        `agent.auditline.parse_block`, which skips the lines it does not want without looking at each."""
         current = self._open(at_end=not self.from_start)
         if current is None:
             log.info("waiting for %s to appear", self.path)
@@ -164,7 +180,7 @@ class FileSource:
                     # after everything in the old ones.
                     new_has_data = os.fstat(current.fd).st_size > 0
                     for old in draining:
-                        yield from old.read_lines()
+                        yield from old.read_blocks()
                     if not new_has_data:
                         self._idle(stop)
                         continue  # the new file is read only once the old ones are complete
@@ -177,12 +193,13 @@ class FileSource:
                     yield from self._rest_from_copy(current)
                     yield from current.finish()
                     current.offset, current.tail, current.skip_to_newline = 0, b"", False
-                progressed = False
-                for line in current.read_lines():
-                    progressed = True
-                    yield line
-                if not progressed:
+                more, block = current.read_block()
+                if not more:
                     self._idle(stop)
+                    continue
+                if block is not None:
+                    yield block
+                yield from current.read_blocks()
         finally:
             for generation in [*draining, *([current] if current else [])]:
                 generation.close()
@@ -192,9 +209,9 @@ class FileSource:
             self.on_idle()
         stop.wait(self.poll_seconds)
 
-    def _open(self, *, at_end: bool, path: Path | None = None) -> _OpenFile | None:
+    def _open(self, *, at_end: bool) -> _OpenFile | None:
         try:
-            fd = os.open(path or self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         info = os.fstat(fd)
@@ -237,7 +254,7 @@ class FileSource:
             reader = _OpenFile(
                 fd, (0, 0), current.offset, current.pending, current.tail, current.skip_to_newline
             )
-            yield from reader.read_lines()
+            yield from reader.read_blocks()
             current.pending, current.skip_to_newline = reader.pending, reader.skip_to_newline
         finally:
             os.close(fd)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.auditline import AvcEvent, SeccompEvent, Unparsable, decode_value, parse_line
+from agent.auditline import AvcEvent, SeccompEvent, Unparsable, decode_value, parse_block, parse_line
 from agent.auditsource import KmsgSource
 from agent.syscalls import is_known, native_arch, syscall_name
 from api.constants import AUDIT_TYPE_AVC, AUDIT_TYPE_SECCOMP, KMSG_PATH
@@ -189,6 +189,33 @@ def test_any_text_parses_without_error(line: str) -> None:
 def test_damaged_real_lines_parse_without_error(line: str, cut: int, garbage: str) -> None:
     result = parse_line(line[:cut] + garbage + line[cut + len(garbage) :])
     assert result is None or isinstance(result, SeccompEvent | AvcEvent | Unparsable)
+
+
+# --- blocks of lines ----------------------------------------------------------------------------------
+
+
+def _line_by_line(lines: list[str]) -> list[SeccompEvent | AvcEvent | Unparsable]:
+    return [event for event in map(parse_line, lines) if event is not None]
+
+
+def test_a_block_gives_what_its_lines_give() -> None:
+    lines = list(audit_log_lines(3000))
+    events = list(parse_block("\n".join(lines)))
+    assert len(events) > 500
+    assert events == _line_by_line(lines)
+
+
+_POOL = UPSTREAM_LINES + [line for line, _ in OTHER_LINES]
+
+
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(_POOL), st.text(st.characters(blacklist_characters="\n"), max_size=80)),
+        max_size=12,
+    )
+)
+def test_any_block_gives_what_its_lines_give(lines: list[str]) -> None:
+    assert list(parse_block("\n".join(lines))) == _line_by_line(lines)
 
 
 # --- syscall names ---------------------------------------------------------------------------------

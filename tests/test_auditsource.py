@@ -180,6 +180,20 @@ def test_starts_at_the_end_and_skips_a_partial_last_line(tmp_path: Path) -> None
     assert lines == ["new 1", "new 2"]
 
 
+def test_blocks_hold_the_lines_of_one_read(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.touch()
+    source = FileSource(path, poll_seconds=0.001)
+    stop = threading.Event()
+    blocks = source.blocks(stop)
+    append(path, "a\nb\n\nc")
+    assert next(blocks) == "a\nb\n"  # three lines, the last one empty; "c" waits for its newline
+    append(path, "\n")
+    assert next(blocks) == "c"
+    stop.set()
+    assert list(blocks) == []
+
+
 def test_from_start_replays_the_file(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     path.write_text("old 1\nold 2\n")
