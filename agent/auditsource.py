@@ -1,10 +1,11 @@
 """Where audit lines come from: a followed log file (audit.log, syslog) or the kernel log (/dev/kmsg).
 
-Both sources have one method, `lines(stop)`: a generator of complete lines (str, without the newline)
-that runs until the `threading.Event` `stop` is set, then returns. It is meant to be iterated by one
-thread, the agent's audit thread, which feeds each line to `agent.auditline.parse_line`; while nothing
-new arrives it waits in short polls (`poll_seconds`, checking `stop`), which costs a few stat calls a
-poll.
+Both sources have `lines(stop)`: a generator of complete lines (str, without the newline) that runs
+until the `threading.Event` `stop` is set, then returns; it is positioned (the file or log opened) when
+`lines` is called. It is meant to be iterated by one thread, the agent's audit thread, which feeds each
+line to `agent.auditline.parse_line`; while nothing new arrives it waits in short polls (`poll_seconds`,
+checking `stop`), which costs a few stat calls a poll. `FileSource.blocks(stop)` gives the same lines
+several at a time, for `agent.auditline.parse_block`: the fast way (bench/audit_bench.py).
 
 `FileSource(path)` follows auditd's audit.log or syslog (`AUDIT_LOG_PATH`, `SYSLOG_PATH`) the same way:
 - it starts at the end of the file (history is not replayed; a partial last line there is skipped up to

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.auditline import AvcEvent, SeccompEvent, Unparsable, decode_value, parse_block, parse_line
-from agent.auditsource import KmsgSource
+from agent.auditsource import FileSource, KmsgSource
 from agent.syscalls import is_known, native_arch, syscall_name
 from api.constants import AUDIT_TYPE_AVC, AUDIT_TYPE_SECCOMP, KMSG_PATH
 from tests.auditlog_corpus import audit_log_lines
@@ -272,33 +272,59 @@ def _mkdir_under_log_filter(directory: str) -> int:
     return pid
 
 
+MKDIR = {"mkdir", "mkdirat"}  # glibc's mkdir() is mkdirat on architectures without mkdir (aarch64)
+
+
+def _audit_daemon_logs() -> list[Path]:
+    """The logs a running auditd writes (it then gets the kernel's audit records, not the kernel log)."""
+    logs = []
+    for process in Path("/proc").iterdir():
+        try:
+            if not process.name.isdigit() or (process / "comm").read_text().strip() != "auditd":
+                continue
+            logs += [Path(os.readlink(fd)) for fd in (process / "fd").iterdir()]
+        except OSError:
+            continue  # gone, or not ours to look at
+    return [log for log in logs if log.suffix == ".log" and log.is_file()]
+
+
 @pytest.mark.skipif(not os.access(KMSG_PATH, os.R_OK), reason=f"{KMSG_PATH} is not readable (needs root)")
 def test_kernel_seccomp_log_line_parses_to_the_child(tmp_path: Path) -> None:
     stop = threading.Event()
-    lines = KmsgSource(poll_seconds=0.05).lines(stop)  # positioned at the end of the log, before the child
+    # Wherever the kernel's records go now: its log, or the log of an auditd (the node's, when it runs).
+    sources: list[KmsgSource | FileSource] = [KmsgSource(poll_seconds=0.05)]
+    sources += [FileSource(log, poll_seconds=0.05) for log in _audit_daemon_logs()]
     seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(lines), daemon=True)
-    reader.start()
+    readers = []
+    for source in sources:
+        lines = source.lines(stop)  # positioned at the end, before the child runs
+        readers.append(threading.Thread(target=seen.extend, args=(lines,), daemon=True))
+        readers[-1].start()
     pid = _mkdir_under_log_filter(str(tmp_path))
     assert (tmp_path / "made").is_dir()
-    # kauditd prints asynchronously: wait for the line, generously.
-    deadline = time.monotonic() + 20
-    events: list[SeccompEvent] = []
+    # kauditd and auditd write asynchronously: wait for the line, generously.
+    mentions = (f" pid={pid} ", "type=1326 ", "type=SECCOMP ")
+    deadline = time.monotonic() + 30
+    raw: list[str] = []
     while time.monotonic() < deadline:
-        events = [e for e in map(parse_line, list(seen)) if isinstance(e, SeccompEvent) and e.pid == pid]
-        if any(syscall_name(e.syscall, e.arch) in {"mkdir", "mkdirat"} for e in events):
+        raw = [line for line in list(seen) if mentions[0] in line and any(m in line for m in mentions[1:])]
+        events = [parse_line(line) for line in raw]
+        if any(isinstance(e, SeccompEvent) and syscall_name(e.syscall, e.arch) in MKDIR for e in events):
             break
         time.sleep(0.1)
     stop.set()
-    reader.join(timeout=10)
-    if not events:
+    for reader in readers:
+        reader.join(timeout=10)
+    if not raw:
         pytest.skip(
-            f"the kernel logged no seccomp line for pid {pid} in {KMSG_PATH}: auditd may be running "
-            "(its lines go to audit.log) or printk rate-limited them"
+            f"the kernel logged no seccomp line for pid {pid} in {[str(s.path) for s in sources]}: "
+            "auditing may be off, or the kernel log rate-limited the line"
         )
-    names = {syscall_name(e.syscall, e.arch) for e in events}
-    assert names & {"mkdir", "mkdirat"}, names
-    event = events[0]
+    events = [parse_line(line) for line in raw]
+    assert all(isinstance(e, SeccompEvent) and e.pid == pid for e in events), raw
+    seccomp_events = [e for e in events if isinstance(e, SeccompEvent)]
+    assert MKDIR & {syscall_name(e.syscall, e.arch) for e in seccomp_events}, raw
+    event = seccomp_events[0]
     assert event.code == LOG
     assert event.arch == native_arch()
     assert event.uid == os.getuid()
