@@ -89,7 +89,7 @@ class Unparsable(NamedTuple):
     line: str
 
 
-AuditEvent = SeccompEvent | AvcEvent
+AuditEvent = SeccompEvent | AvcEvent  # what the audit thread passes on
 
 _SECCOMP_NAMED = f"type={AUDIT_TYPE_SECCOMP} "
 _SECCOMP_NUMBERED = f"type={AUDIT_TYPE_SECCOMP_NUMBER} "
@@ -119,7 +119,7 @@ _SECCOMP_LENIENT = re.compile(
 _AVC = re.compile(r"audit\((\d+\.\d+):(\d+)\): avc:\s+(denied|granted)\s+\{\s*([^}]*?)\s*\} for(?=\s)")
 
 
-def parse_line(line: str) -> SeccompEvent | AvcEvent | Unparsable | None:
+def parse_line(line: str) -> AuditEvent | Unparsable | None:
     """The event a line records, `Unparsable` for a broken SECCOMP/AVC record, else None (see module)."""
     if line.startswith(_AUDITD_PREFIX):
         # audit.log: the record type comes first, so most lines are decided by one lookup.
@@ -193,7 +193,7 @@ def _field(fields: str, key: str) -> str | None:
 _MARKER = re.compile("|".join(map(re.escape, (_SECCOMP_NAMED, _SECCOMP_NUMBERED, _AVC_NAMED, _AVC_NUMBERED))))
 
 
-def parse_block(block: str) -> Iterator[SeccompEvent | AvcEvent | Unparsable]:
+def parse_block(block: str) -> Iterator[AuditEvent | Unparsable]:
     """`parse_line` over every line of a block (lines joined by newlines, as `FileSource.blocks` gives
     them), without the Nones. Only lines that name a SECCOMP or AVC record are looked at, found by one
     regular-expression scan of the block, so the other lines cost next to nothing."""
@@ -209,7 +209,7 @@ def parse_block(block: str) -> Iterator[SeccompEvent | AvcEvent | Unparsable]:
             yield event
 
 
-_PARSERS: dict[str, Callable[[str], SeccompEvent | AvcEvent | Unparsable | None]] = {
+_PARSERS: dict[str, Callable[[str], AuditEvent | Unparsable | None]] = {
     AUDIT_TYPE_SECCOMP: _seccomp,
     str(AUDIT_TYPE_SECCOMP_NUMBER): _seccomp,
     AUDIT_TYPE_AVC: _avc,
