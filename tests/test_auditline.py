@@ -127,6 +127,13 @@ OTHER_LINES: list[tuple[str, SeccompEvent | AvcEvent | Unparsable | None]] = [
         'pid=9 comm="sh" exe=(null) sig=0 arch=c000003e syscall=59 compat=0 ip=0x1 code=0x50001',
         SeccompEvent("1700000000.5", 7, 9, 0, 0, "(null)", "sh", 59, X86_64, 0x50001),
     ),
+    # syslog as Debian's rsyslog writes it by default (RFC 3339 stamps), without the kernel's own time.
+    (
+        "2026-12-03T12:59:04.123456+00:00 node-1 kernel: audit: type=1326 audit(1796301057.576:20018): "
+        'auid=4294967295 uid=0 gid=0 ses=4294967295 pid=8607 comm="runc:[2:INIT]" exe="/" sig=0 '
+        "arch=c000003e syscall=72 compat=0 ip=0x40828e code=0x7ffc0000",
+        SeccompEvent("1796301057.576", 20018, 8607, 0, 0, "/", "runc:[2:INIT]", 72, X86_64, LOG),
+    ),
     # A granted (auditallow) AVC from the kernel log, with an exe= field.
     (
         "audit: type=1400 audit(1700000001.000:8): avc:  granted  { execute } for  pid=5 comm=\"sh\" "
