@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from api.constants import (
-    AUDIT_TYPE_AVC,
-    AUDIT_TYPE_AVC_NUMBER,
-    AUDIT_TYPE_SECCOMP,
-    AUDIT_TYPE_SECCOMP_NUMBER,
+    AUDIT_RECORD_AVC,
+    AUDIT_RECORD_AVC_NUMBER,
+    AUDIT_RECORD_SECCOMP,
+    AUDIT_RECORD_SECCOMP_NUMBER,
 )
 
 
@@ -85,17 +85,17 @@ class AvcEvent(NamedTuple):
 class Unparsable(NamedTuple):
     """A line that names a SECCOMP or AVC record but does not have the fields the kernel writes."""
 
-    record_type: str  # AUDIT_TYPE_SECCOMP or AUDIT_TYPE_AVC
+    record_type: str  # AUDIT_RECORD_SECCOMP or AUDIT_RECORD_AVC
     line: str
 
 
 AuditEvent = SeccompEvent | AvcEvent  # what the audit thread passes on
 
-_SECCOMP_NAMED = f"type={AUDIT_TYPE_SECCOMP} "
-_SECCOMP_NUMBERED = f"type={AUDIT_TYPE_SECCOMP_NUMBER} "
+_SECCOMP_NAMED = f"type={AUDIT_RECORD_SECCOMP} "
+_SECCOMP_NUMBERED = f"type={AUDIT_RECORD_SECCOMP_NUMBER} "
 # The trailing space keeps AVC_PATH (1402) records out.
-_AVC_NAMED = f"type={AUDIT_TYPE_AVC} "
-_AVC_NUMBERED = f"type={AUDIT_TYPE_AVC_NUMBER} "
+_AVC_NAMED = f"type={AUDIT_RECORD_AVC} "
+_AVC_NUMBERED = f"type={AUDIT_RECORD_AVC_NUMBER} "
 _AUDITD_PREFIX = "type="
 _TYPE_START = len(_AUDITD_PREFIX)
 
@@ -135,7 +135,7 @@ def parse_line(line: str) -> AuditEvent | Unparsable | None:
 def _seccomp(line: str) -> SeccompEvent | Unparsable:
     found = _SECCOMP.search(line) or _SECCOMP_LENIENT.search(line)
     if found is None:
-        return Unparsable(AUDIT_TYPE_SECCOMP, line)
+        return Unparsable(AUDIT_RECORD_SECCOMP, line)
     ts, serial, uid, gid, pid, comm, exe, arch, syscall, code = found.groups()
     return SeccompEvent(
         ts,
@@ -155,7 +155,7 @@ def _avc(line: str) -> AvcEvent | Unparsable | None:
     found = _AVC.search(line)
     if found is None:
         # Type 1400 is also AppArmor's in the kernel log: only a line that says `avc:` is ours.
-        return Unparsable(AUDIT_TYPE_AVC, line) if "avc:" in line else None
+        return Unparsable(AUDIT_RECORD_AVC, line) if "avc:" in line else None
     ts, serial, verdict, perms = found.groups()
     fields = line[found.end() :]  # starts with the whitespace before the first field
     pid = _field(fields, " pid=")
@@ -163,7 +163,7 @@ def _avc(line: str) -> AvcEvent | Unparsable | None:
     tcontext = _field(fields, " tcontext=")
     tclass = _field(fields, " tclass=")
     if not (pid and pid.isdigit() and scontext and tcontext and tclass):
-        return Unparsable(AUDIT_TYPE_AVC, line)
+        return Unparsable(AUDIT_RECORD_AVC, line)
     comm = _field(fields, " comm=")
     exe = _field(fields, " exe=")
     return AvcEvent(
@@ -210,10 +210,10 @@ def parse_block(block: str) -> Iterator[AuditEvent | Unparsable]:
 
 
 _PARSERS: dict[str, Callable[[str], AuditEvent | Unparsable | None]] = {
-    AUDIT_TYPE_SECCOMP: _seccomp,
-    str(AUDIT_TYPE_SECCOMP_NUMBER): _seccomp,
-    AUDIT_TYPE_AVC: _avc,
-    str(AUDIT_TYPE_AVC_NUMBER): _avc,
+    AUDIT_RECORD_SECCOMP: _seccomp,
+    str(AUDIT_RECORD_SECCOMP_NUMBER): _seccomp,
+    AUDIT_RECORD_AVC: _avc,
+    str(AUDIT_RECORD_AVC_NUMBER): _avc,
 }
 
 

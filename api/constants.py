@@ -299,12 +299,33 @@ NODE_AUDIT_BACKLOG_LIMIT: Final = 8192
 NODE_AUDIT_LOG_MAX_MB: Final = 64
 NODE_AUDIT_LOG_FILES: Final = 5
 
+# --- audit attribution and the log enricher (agent/attribution.py, agent/enricher.py) ------------
+# With memory optimisation the agent's pod watch sees only pods carrying this label value (docs 7.8.3).
+ENABLE_RECORDING_LABEL_VALUE: Final = "true"
+FIELD_SELECTOR_POD_NODE_NAME: Final = "spec.nodeName"
+# pid -> container id cache (upstream: 1000 entries); entries carry the process start time.
+PID_CACHE_MAX_ENTRIES: Final = 1000
+CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
+# Events of containers whose pod is not known yet wait this long at most, this many in all: a
+# container's id reaches its pod's status within seconds of its start, the rest is another runtime's
+# container (never a pod's) or a pod deleted meanwhile.
+BACKLOG_MAX_EVENTS: Final = 10000
+BACKLOG_MAX_AGE_SECONDS: Final = 300.0
+# The spod's logEnricherFilters / jsonEnricherFilters levels: Metadata emits the line, None drops it.
+ENRICHER_LEVEL_METADATA: Final = "Metadata"
+ENRICHER_LEVEL_NONE: Final = "None"
+# The log enricher's line: `"audit" logger="log-enricher" timestamp=... type="seccomp" ...` (inventory §6.3).
+LOG_ENRICHER_LOGGER: Final = "log-enricher"
+LOG_ENRICHER_MESSAGE: Final = "audit"
+AUDIT_TYPE_SECCOMP: Final = "seccomp"
+AUDIT_TYPE_SELINUX: Final = "selinux"
+
 # --- audit lines (agent/auditline.py) -------------------------------------------------------------
 # Record types as auditd names them in audit.log and as the kernel numbers them in its log.
-AUDIT_TYPE_SECCOMP: Final = "SECCOMP"
-AUDIT_TYPE_SECCOMP_NUMBER: Final = 1326
-AUDIT_TYPE_AVC: Final = "AVC"
-AUDIT_TYPE_AVC_NUMBER: Final = 1400
+AUDIT_RECORD_SECCOMP: Final = "SECCOMP"
+AUDIT_RECORD_SECCOMP_NUMBER: Final = 1326
+AUDIT_RECORD_AVC: Final = "AVC"
+AUDIT_RECORD_AVC_NUMBER: Final = 1400
 # libseccomp names syscall numbers (Debian's libseccomp2; also in the operator image).
 LIBSECCOMP_SONAME: Final = "libseccomp.so.2"
 # What syscall_name() answers for a number libseccomp cannot name: `unknown-syscall(<arch>:<number>)`.

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from agent.auditline import AvcEvent, SeccompEvent, Unparsable, decode_value, parse_block, parse_line
 from agent.auditsource import FileSource, KmsgSource
 from agent.syscalls import is_known, native_arch, syscall_name
-from api.constants import AUDIT_TYPE_AVC, AUDIT_TYPE_SECCOMP, KMSG_PATH
+from api.constants import AUDIT_RECORD_AVC, AUDIT_RECORD_SECCOMP, KMSG_PATH
 from tests.auditlog_corpus import audit_log_lines
 
 X86_64 = 0xC000003E
@@ -144,11 +144,11 @@ OTHER_LINES: list[tuple[str, SeccompEvent | AvcEvent | Unparsable | None]] = [
     *(
         (line, Unparsable(kind, line))
         for kind, line in [
-            (AUDIT_TYPE_SECCOMP, "type=1326 syscall=1"),
-            (AUDIT_TYPE_SECCOMP, UPSTREAM_LINES[0].split(" ses=")[0]),
-            (AUDIT_TYPE_SECCOMP, UPSTREAM_LINES[0].replace("syscall=1", "syscall=x")),
-            (AUDIT_TYPE_AVC, 'type=AVC msg=audit(1.2:3): avc:  denied  { read } for  pid=1 comm="x" tclass=file'),
-            (AUDIT_TYPE_AVC, UPSTREAM_LINES[5].replace("pid=75593", "pid=x")),
+            (AUDIT_RECORD_SECCOMP, "type=1326 syscall=1"),
+            (AUDIT_RECORD_SECCOMP, UPSTREAM_LINES[0].split(" ses=")[0]),
+            (AUDIT_RECORD_SECCOMP, UPSTREAM_LINES[0].replace("syscall=1", "syscall=x")),
+            (AUDIT_RECORD_AVC, 'type=AVC msg=audit(1.2:3): avc:  denied  { read } for  pid=1 comm="x" tclass=file'),
+            (AUDIT_RECORD_AVC, UPSTREAM_LINES[5].replace("pid=75593", "pid=x")),
         ]
     ),
     # Other records, near misses included.
@@ -350,9 +350,9 @@ def _ours(lines: list[str]) -> Iterator[tuple[str, int, int, str]]:
         event = parse_line(line)
         if isinstance(event, SeccompEvent):
             assert is_known(syscall_name(event.syscall, event.arch)), event
-            yield AUDIT_TYPE_SECCOMP, event.serial, event.pid, f"{event.syscall} {event.executable}"
+            yield AUDIT_RECORD_SECCOMP, event.serial, event.pid, f"{event.syscall} {event.executable}"
         elif isinstance(event, AvcEvent):
-            yield AUDIT_TYPE_AVC, event.serial, event.pid, f"{event.perm} {event.tclass}"
+            yield AUDIT_RECORD_AVC, event.serial, event.pid, f"{event.perm} {event.tclass}"
         else:
             assert event is None, event
 
@@ -363,12 +363,12 @@ def _ausearch(interpreted: str, numbers: dict[str, int]) -> Iterator[tuple[str, 
     auditd's `pwrite` is libseccomp's `pwrite64`)."""
     for line in interpreted.splitlines():
         record = _RECORD.match(line)
-        if record is None or record["type"] not in (AUDIT_TYPE_SECCOMP, AUDIT_TYPE_AVC):
+        if record is None or record["type"] not in (AUDIT_RECORD_SECCOMP, AUDIT_RECORD_AVC):
             continue
         body = record["body"]
         pid = re.search(r"(?<!\w)pid=(\d+)", body)
         assert pid is not None, line
-        if record["type"] == AUDIT_TYPE_SECCOMP:
+        if record["type"] == AUDIT_RECORD_SECCOMP:
             fields = re.search(r" exe=(.*) sig=\S+ arch=\S+ syscall=(\S+) ", body)
             assert fields is not None, line
             detail = f"{numbers[fields[2]]} {fields[1]}"
@@ -397,5 +397,5 @@ def test_same_events_as_ausearch(tmp_path: Path) -> None:
     ours = sorted(_ours(lines))
     theirs = sorted(_ausearch(interpreted, numbers))
     assert len(ours) > 500
-    assert {kind for kind, *_ in ours} == {AUDIT_TYPE_SECCOMP, AUDIT_TYPE_AVC}
+    assert {kind for kind, *_ in ours} == {AUDIT_RECORD_SECCOMP, AUDIT_RECORD_AVC}
     assert ours == theirs
