@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -342,3 +343,26 @@ def test_kmsg_source_yields_new_records_only(tmp_path: Path) -> None:
     assert not reader.is_alive()
     assert seen.count(marker) == 1
     assert all(not line.startswith(" ") for line in seen)
+
+
+def test_kmsg_sequence_gaps_count_lost_records() -> None:
+    """The kernel's ring buffer cannot be made to overwrite records without flooding the shared log, so
+    the record loop reads a socket that keeps record boundaries as /dev/kmsg does."""
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    reader.setblocking(False)
+    source = KmsgSource(poll_seconds=0.01)
+    stop = threading.Event()
+    seen: list[str] = []
+    records = source._records(reader.detach(), stop)  # closes the descriptor when done
+    thread = threading.Thread(target=seen.extend, args=(records,), daemon=True)
+    thread.start()
+    for record in (b"6,10,1,-;first\n SUBSYSTEM=x\n", b"6,11,2,-;second\n", b"garbage", b"6,14,3,-;third\n"):
+        writer.send(record)
+    deadline = time.monotonic() + TIMEOUT
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=TIMEOUT)
+    writer.close()
+    assert seen == ["first", "second", "third"]
+    assert source.lost_records == 2  # 12 and 13
