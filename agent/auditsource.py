@@ -5,7 +5,9 @@ until the `threading.Event` `stop` is set, then returns; it is positioned (the f
 `lines` is called. It is meant to be iterated by one thread, the agent's audit thread, which feeds each
 line to `agent.auditline.parse_line`; while nothing new arrives it waits in short polls (`poll_seconds`,
 checking `stop`), which costs a few stat calls a poll. `FileSource.blocks(stop)` gives the same lines
-several at a time, for `agent.auditline.parse_block`: the fast way (bench/audit_bench.py).
+several at a time, for `agent.auditline.parse_block`: the fast way (bench/audit_bench.py). An error
+other than a missing file (EACCES, EIO, ...) ends the iteration with that OSError, for the caller to
+report.
 
 `FileSource(path)` follows auditd's audit.log or syslog (`AUDIT_LOG_PATH`, `SYSLOG_PATH`) the same way:
 - it starts at the end of the file (history is not replayed; a partial last line there is skipped up to
@@ -332,13 +334,15 @@ class KmsgSource:
                 try:
                     record = os.read(fd, KMSG_RECORD_BYTES)
                 except BlockingIOError:
-                    poller.poll(self.poll_seconds * 1000)
-                    continue
+                    record = b""
                 except OSError as error:
                     if error.errno != errno.EPIPE:
                         raise
                     # The ring buffer overwrote the next record; the next read goes on with the oldest
                     # one left, and the sequence gap counts what was lost.
+                    continue
+                if not record:
+                    poller.poll(self.poll_seconds * 1000)
                     continue
                 parsed = parse_kmsg_record(record)
                 if parsed is None:
