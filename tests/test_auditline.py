@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent import syscalls
 from agent.auditline import AvcEvent, SeccompEvent, Unparsable, decode_value, parse_block, parse_line
 from agent.auditsource import FileSource, KmsgSource
 from agent.syscalls import is_known, native_arch, syscall_name
@@ -246,6 +247,18 @@ def test_any_block_gives_what_its_lines_give(lines: list[str]) -> None:
 def test_syscall_name(number: int, arch: int, name: str) -> None:
     assert syscall_name(number, arch) == name
     assert is_known(name) == (not name.startswith("unknown-syscall"))
+
+
+def test_without_libseccomp_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(syscalls, "LIBSECCOMP_SONAME", "libseccomp-absent.so.0")
+    syscalls._libseccomp.cache_clear()
+    syscall_name.cache_clear()
+    try:
+        with pytest.raises(syscalls.LibseccompMissingError, match="install libseccomp2"):
+            syscall_name(83, X86_64)
+    finally:
+        syscalls._libseccomp.cache_clear()
+        syscall_name.cache_clear()
 
 
 def test_native_arch_is_this_machine() -> None:
