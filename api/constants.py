@@ -164,6 +164,8 @@ UDICA_TEMPLATES_DIR: Final = "usr/share/udica/templates"  # inside the udica Pyt
 UDICA_BASE_TEMPLATE: Final = "base_container.cil"  # declares the `container` block
 AUDIT_LOG_PATH: Final = "/var/log/audit/audit.log"
 SYSLOG_PATH: Final = "/var/log/syslog"
+# The kernel's log as records: the audit source for hosts without auditd (kauditd prints there).
+KMSG_PATH: Final = "/dev/kmsg"
 RECORDINGS_DIR: Final = "/tmp/security-profiles-operator-recordings"
 WEBHOOK_CERT_DIR: Final = "/tmp/k8s-webhook-server/serving-certs"
 
@@ -334,3 +336,14 @@ PROC_CMDLINE: Final = "cmdline"
 PROC_ENVIRON: Final = "environ"
 PROC_EXE: Final = "exe"
 PROC_STATUS: Final = "status"
+
+# --- audit lines (agent/auditline.py) -------------------------------------------------------------
+# Record types as auditd names them in audit.log and as the kernel numbers them in its log.
+AUDIT_RECORD_SECCOMP: Final = "SECCOMP"
+AUDIT_RECORD_SECCOMP_NUMBER: Final = 1326
+AUDIT_RECORD_AVC: Final = "AVC"
+AUDIT_RECORD_AVC_NUMBER: Final = 1400
+# libseccomp names syscall numbers (Debian's libseccomp2; also in the operator image).
+LIBSECCOMP_SONAME: Final = "libseccomp.so.2"
+# What syscall_name() answers for a number libseccomp cannot name: `unknown-syscall(<arch>:<number>)`.
+UNKNOWN_SYSCALL_PREFIX: Final = "unknown-syscall"
