@@ -112,6 +112,11 @@ class ContainerIds:
         return len(self._cache)
 
     def lookup(self, pid: int) -> str | None:
+        found = self.lookup_process(pid)
+        return found[0] if found is not None else None
+
+    def lookup_process(self, pid: int) -> tuple[str, int] | None:
+        """The container id and the process's start time (which, with the pid, names the process)."""
         start = self._start_time(pid)
         if start is None:
             self._cache.pop(pid, None)
@@ -119,7 +124,7 @@ class ContainerIds:
         cached = self._cache.get(pid)
         if cached is not None and cached[0] == start:
             self._cache.move_to_end(pid)
-            return cached[1]
+            return cached[1], start
         cgroup = _read(f"{self._proc}/{pid}/cgroup")
         # The process may have exited, and its pid been taken, while its cgroup was read.
         if cgroup is None or self._start_time(pid) != start:
@@ -135,7 +140,7 @@ class ContainerIds:
         self._cache.move_to_end(pid)
         if len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
-        return container_id
+        return container_id, start
 
     def _start_time(self, pid: int) -> int | None:
         stat = _read(f"{self._proc}/{pid}/stat")

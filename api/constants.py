@@ -138,7 +138,6 @@ JSON_ENRICHER_LOG_DIR: Final = "/data/logs/jsonenricher"
 
 # --- node paths ---------------------------------------------------------------------------------
 KUBELET_DIR: Final = "/var/lib/kubelet"
-AUDIT_LOG: Final = "/var/log/audit/audit.log"
 SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
 # Seccomp actions ranked most restrictive first (KILL and KILL_THREAD are the same action): a union of
 # profiles keeps the less restrictive action of a syscall (base profiles, recording merge).
