@@ -5,7 +5,8 @@ kernel's seccomp lines of containers running under a logging profile, and the ag
   seccomp event of a container, naming its namespace, pod, container, executable and syscall, and
   counts them in `security_profiles_operator_seccomp_profile_audit_total`.
 - Advanced audit logging (docs 7.9): after `enableJsonEnricher: true`, a `kubectl exec` into a pod under
-  a logging profile becomes a JSON record whose `requestUID` is the one the apiserver's audit log holds
+  a logging profile (or a `kubectl debug` container) becomes a JSON record whose `requestUID` is the one
+  the apiserver's audit log holds
   for that exec - the correlation loop of docs 7.9.13.
 """
 
@@ -104,26 +105,30 @@ def test_docs_log_enricher_names_the_pod_and_the_syscalls(
     eventually(lambda: counter in _metrics(node_cluster), what="the audit counter")
 
 
-def test_docs_exec_is_correlated_with_the_apiserver_audit_log(
-    node_cluster: NodeCluster, node_namespace: str, json_enricher: None
+@pytest.mark.parametrize("how", ["exec", "debug"])
+def test_docs_exec_and_debug_are_correlated_with_the_apiserver_audit_log(
+    node_cluster: NodeCluster, node_namespace: str, json_enricher: None, how: str
 ) -> None:
-    """Docs 7.9.9-7.9.13: profile1 (SCMP_ACT_LOG) on the pod, `kubectl exec`, then the JSON record and
-    the apiserver's audit event carry the same request uid."""
+    """Docs 7.9.9-7.9.13: profile1 (SCMP_ACT_LOG) on the pod, `kubectl exec` (or `kubectl debug`, an
+    ephemeral container under the pod's profile), then the JSON record and the apiserver's audit event
+    carry the same request uid."""
     config = node_cluster.kubeconfig
     kubectl(config, "apply", "-f", "-", stdin=yaml.safe_dump(_docs_object("SeccompProfile", "profile1")))
     wait_state(node_cluster.kube, "profile1", node_cluster.node.name, "Installed")
-    pod = _pod(
-        "my-pod",
-        constants.IMAGE_TEST_BUSYBOX,
-        command=["sleep", "3600"],
-        securityContext=_localhost("profile1"),
-    )
+    pod = _pod("my-pod", constants.IMAGE_TEST_BUSYBOX, command=["sleep", "3600"])
+    pod["spec"]["securityContext"] = _localhost("profile1")
     _run(node_cluster, node_namespace, pod)
     # The docs' command, with a pause at the end so the shell outlives the reading of its first line.
-    _exec(node_cluster, node_namespace, "my-pod", "sh", "-c", "touch /tmp/testfile.txt; sleep 3")
-    uid = _audit_annotation(
-        node_cluster.cluster.audit_log, node_namespace, "my-pod", EXEC_UID_ANNOTATION, "exec"
-    )
+    command = ["sh", "-c", "touch /tmp/testfile.txt; sleep 3"]
+    if how == "exec":
+        _exec(node_cluster, node_namespace, "my-pod", *command)
+        container, subresource = "my-pod", "exec"
+    else:
+        image = f"--image={constants.IMAGE_TEST_BUSYBOX}"
+        kubectl(config, "-n", node_namespace, "debug", "my-pod", image, "--container=dbg", "--", *command)
+        container, subresource = "dbg", "ephemeralcontainers"
+    audit_log = node_cluster.cluster.audit_log
+    uid = _audit_annotation(audit_log, node_namespace, "my-pod", EXEC_UID_ANNOTATION, subresource)
 
     def records() -> list[dict[str, Any]]:
         found = []
@@ -136,7 +141,7 @@ def test_docs_exec_is_correlated_with_the_apiserver_audit_log(
 
     eventually(records, timeout=WAIT_SECONDS, what=f"a JSON record with requestUID {uid}")
     record = records()[0]
-    assert record["resource"] == {"container": "my-pod", "namespace": node_namespace, "pod": "my-pod"}
+    assert record["resource"] == {"container": container, "namespace": node_namespace, "pod": "my-pod"}
     assert record["node"] == {"name": node_cluster.node.name}
     assert record["syscalls"] and record["version"] == constants.JSON_AUDIT_VERSION
     assert record["executable"] == constants.BUSYBOX_PATH
