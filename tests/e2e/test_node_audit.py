@@ -6,8 +6,7 @@ kernel's seccomp lines of containers running under a logging profile, and the ag
   counts them in `security_profiles_operator_seccomp_profile_audit_total`.
 - Advanced audit logging (docs 7.9): after `enableJsonEnricher: true`, a `kubectl exec` into a pod under
   a logging profile (or a `kubectl debug` container) becomes a JSON record whose `requestUID` is the one
-  the apiserver's audit log holds
-  for that exec - the correlation loop of docs 7.9.13.
+  the apiserver's audit log holds for that exec - the correlation loop of docs 7.9.13.
 """
 
 from __future__ import annotations
