@@ -18,6 +18,7 @@ from agent.attribution import ContainerIndex, watch_node_pods
 from agent.audit import AuditMetrics, AuditPipeline, Dispatch, audit_log_path, stdout_lines
 from agent.auditsource import FileSource
 from agent.handlers import KindHandler, PolicyFiles, SeccompHandler, SelinuxHandler, seccomp_supported
+from agent.lineage import ForkWatch
 from agent.selinux import (
     SELINUX_MODE_COMPILE_ONLY,
     SELINUX_MODE_SEMODULE,
@@ -115,8 +116,15 @@ def _start_audit(api: client.ApiClient, agent: Agent, args: argparse.Namespace) 
     index = ContainerIndex()
     audit_log = audit_log_path(args.audit_log)
     dispatch = Dispatch(args.node_name, args.proc, None, AuditMetrics(agent.metrics.registry), stdout_lines())
+    forks = ForkWatch()
+    forks.start()
     pipeline = AuditPipeline(
-        lambda idle: FileSource(audit_log, on_idle=idle), dispatch, index, agent.spod_spec, args.proc
+        lambda idle: FileSource(audit_log, on_idle=idle),
+        dispatch,
+        index,
+        agent.spod_spec,
+        args.proc,
+        parent_of=forks.parent,
     )
     memory_optimization = bool(agent.spod_spec().enable_memory_optimization)
     pods = watch_node_pods(api, args.node_name, memory_optimization, index, pipeline.new_containers)
@@ -127,5 +135,6 @@ def _start_audit(api: client.ApiClient, agent: Agent, args: argparse.Namespace) 
     def stop() -> None:
         pipeline.stop()
         pods.stop()
+        forks.stop()
 
     return stop

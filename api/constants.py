@@ -304,6 +304,8 @@ ENABLE_RECORDING_LABEL_VALUE: Final = "true"
 FIELD_SELECTOR_POD_NODE_NAME: Final = "spec.nodeName"
 # pid -> container id cache (upstream: 1000 entries); entries carry the process start time.
 PID_CACHE_MAX_ENTRIES: Final = 1000
+# A gone process is attributed through at most this many generations of gone ancestors.
+LINEAGE_MAX_GENERATIONS: Final = 4
 CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
 # Events of containers whose pod is not known yet wait this long at most, this many in all: a
 # container's id reaches its pod's status within seconds of its start, the rest is another runtime's

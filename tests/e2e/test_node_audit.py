@@ -74,12 +74,12 @@ def test_docs_log_enricher_names_the_pod_and_the_syscalls(
 ) -> None:
     trace = constants.LOG_ENRICHER_TRACE_PROFILE
     wait_state(node_cluster.kube, trace, node_cluster.node.name, "Installed")
-    # The shell stays (a container's short-lived processes may be gone before their lines are read); it
-    # waits for each sleep: wait4 is certain.
+    # The shell stays and waits for its children (wait4); each mkdir is a child gone within a millisecond,
+    # long before its line is read: it is attributed through its parent, the shell.
     pod = _pod(
         "traced",
         constants.IMAGE_TEST_BUSYBOX,
-        command=["sh", "-c", "while true; do sleep 1; done"],
+        command=["sh", "-c", "while true; do mkdir -p /tmp/d; sleep 1; done"],
         securityContext=_localhost(trace),
     )
     _run(node_cluster, node_namespace, pod)
@@ -92,6 +92,11 @@ def test_docs_log_enricher_names_the_pod_and_the_syscalls(
         lambda: any('syscallName="wait4"' in line for line in enriched()),
         timeout=WAIT_SECONDS,
         what="an enriched wait4 line of the traced pod",
+    )
+    eventually(
+        lambda: any('syscallName="mkdir"' in line for line in enriched()),
+        timeout=WAIT_SECONDS,
+        what="an enriched line of a short-lived child's mkdir",
     )
     line = next(line for line in enriched() if 'syscallName="wait4"' in line)
     assert '"audit" logger="log-enricher"' in line and f'node="{node_cluster.node.name}"' in line
