@@ -117,9 +117,14 @@ class MergePlan:
 
 
 def plan_merge(recording: ProfileRecording, profiles: Iterable[PartialProfile]) -> MergePlan:
-    """The merged profiles of a deleted recording, from all profiles of its kind."""
+    """The merged profiles of a deleted recording, from all profiles of its kind.
+
+    Partials already being deleted were merged by an earlier pass: merging them again, once some of
+    them are gone (their finalizers released one by one), would overwrite the merged profile with a
+    subset of the union."""
     partials = sorted(
-        (p for p in profiles if is_partial_of(recording, p)), key=lambda p: p.metadata.name or ""
+        (p for p in profiles if is_partial_of(recording, p) and not p.metadata.deletion_timestamp),
+        key=lambda p: p.metadata.name or "",
     )
     by_container: dict[str, list[PartialProfile]] = {}
     for partial in partials:

@@ -165,6 +165,16 @@ def test_plan_merge_selinux_unions_allow_rules() -> None:
     }
 
 
+def test_plan_merge_leaves_partials_being_deleted_alone() -> None:
+    """Merged by an earlier pass: one left Terminating (its finalizers) must not shrink the union."""
+    terminating = _seccomp(
+        "rec-nginx-abcde", [{"action": "SCMP_ACT_ALLOW", "names": ["read"]}], _labels("nginx")
+    )
+    terminating.metadata.deletion_timestamp = "2026-12-03T13:00:00Z"
+    plan = plan_merge(_recording(), [terminating])
+    assert (plan.merged, plan.partials) == ((), ())
+
+
 def test_plan_merge_without_partials_does_nothing() -> None:
     plan = plan_merge(_recording(), [_seccomp("other", [])])
     assert (plan.merged, plan.partials) == ((), ())
