@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from api import constants
+from api import constants, kinds
 from api.constants import SECCOMP_ACTION_RESTRICTIVENESS as RANK
 from api.types import (
     ObjectMeta,
@@ -32,6 +32,7 @@ from api.types import (
 )
 
 PartialProfile = SeccompProfile | SelinuxProfile
+PARTIAL_KINDS = (kinds.SECCOMP_PROFILE, kinds.SELINUX_PROFILE)
 
 
 def partial_selector(recording: ProfileRecording) -> dict[str, str]:
