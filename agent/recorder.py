@@ -17,7 +17,8 @@ What it does with them, on its worker thread (a crash at any point converges on 
 - Trust (recording_logic.trust): a container is recorded only for a ProfileRecording that exists in the
   pod's namespace, selects the pod and the container, and records that kind from logs; anything else is
   logged and counted in ``security_profiles_operator_profile_recording_skipped_total{reason}``, and its
-  events are dropped. Trust is decided while the pod runs and kept with the data.
+  events are dropped. Trust is decided while the pod runs and kept with the data; a container whose
+  recording the cache has not shown yet records meanwhile, and is dropped if it never shows up.
 - When the pod is deleted or Succeeded: for recordings with ``mergeStrategy: containers`` the recording
   first gets the finalizer FINALIZER_UNMERGED (already while the pod runs, so the recording cannot
   disappear before its partial profiles exist); then every profile is created or updated by server-side
@@ -361,8 +362,11 @@ class Recorder:
         for profile in plan.profiles:
             kind = kinds.BY_KIND[profile.recording.kind]
             server_side_apply(self._api, kind, profile.body, constants.AGENT_FIELD_MANAGER, namespaced=False)
+        # Told once all are stored: a collection retried after a failure repeats no event.
+        for profile in plan.profiles:
             message = (
-                f"{kind.kind} {profile.name} recorded from pod {facts.name} container {profile.container}"
+                f"{profile.recording.kind} {profile.name} recorded from pod {facts.name} "
+                f"container {profile.container}"
             )
             log.info("recorder: %s", message)
             self._event(profile.recording, "Normal", PROFILE_CREATED, message)

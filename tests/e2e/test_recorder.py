@@ -7,6 +7,7 @@ own, since the profiles it makes are cluster-scoped and the control plane is sha
 from __future__ import annotations
 
 import json
+import platform
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,9 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from agent.recorder import Recorder
+from agent.recording_logic import native_architecture
 from api import constants, kinds
+from api.kube import api_client
 from spo import localcluster
 
 # The reconciler's controllers, which merge partial profiles when a recording is deleted.
@@ -42,8 +45,13 @@ def _objects(kube: client.ApiClient) -> client.CustomObjectsApi:
 
 
 @pytest.fixture
-def recorder(kube: client.ApiClient, tmp_path: Path) -> Iterator[Recorder]:
-    started = Recorder(kube, NODE, tmp_path / "recordings", CollectorRegistry())
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "recordings"
+
+
+@pytest.fixture
+def recorder(kube: client.ApiClient, state: Path) -> Iterator[Recorder]:
+    started = Recorder(kube, NODE, state, CollectorRegistry())
     started.start()
     yield started
     started.stop()
@@ -137,6 +145,11 @@ def _events(kube: client.ApiClient, namespace: str, recording: str) -> list[tupl
     return [(str(e.type), str(e.reason)) for e in events.items]
 
 
+def _forgotten(state: Path) -> bool:
+    """No pod's recording is kept any more."""
+    return not state.is_dir() or not any(state.iterdir())
+
+
 def _skipped(recorder: Recorder, reason: str) -> float:
     return sum(
         sample.value
@@ -147,7 +160,11 @@ def _skipped(recorder: Recorder, reason: str) -> float:
 
 
 def test_docs_two_container_pod_records_two_seccomp_profiles(
-    recorder: Recorder, kube: client.ApiClient, namespace: str, control_plane: localcluster.ControlPlane
+    recorder: Recorder,
+    kube: client.ApiClient,
+    namespace: str,
+    control_plane: localcluster.ControlPlane,
+    state: Path,
 ) -> None:
     """Docs 7.6.3: ProfileRecording for app: my-app, the two-container pod, delete the pod, then
     `kubectl get seccompprofiles -lspo.x-k8s.io/recording-id=test-recording` lists both."""
@@ -173,7 +190,7 @@ def test_docs_two_container_pod_records_two_seccomp_profiles(
     nginx = by_name[f"{recording}-nginx"]
     assert nginx["spec"]["syscalls"] == [{"action": "SCMP_ACT_ALLOW", "names": ["mkdir", "read", "write"]}]
     assert nginx["spec"]["defaultAction"] == "SCMP_ACT_ERRNO"
-    assert nginx["spec"]["architectures"] == [recorder._architecture]
+    assert nginx["spec"]["architectures"] == [native_architecture(platform.machine())]
     assert nginx["metadata"]["labels"] == {
         constants.LABEL_RECORDING_ID: recording,
         constants.LABEL_RECORDING_NAMESPACE: namespace,
@@ -190,7 +207,7 @@ def test_docs_two_container_pod_records_two_seccomp_profiles(
     )
     # nothing recorded for a recording without merging: no finalizer on it
     assert not (_recording(kube, namespace, recording) or {})["metadata"].get("finalizers")
-    eventually(lambda: not any((recorder._files.directory).iterdir()), TIMEOUT, "the pod's state forgotten")
+    eventually(lambda: _forgotten(state), TIMEOUT, "the pod's state forgotten")
 
 
 def test_selinux_recording_records_allow_rules_and_an_empty_container_makes_none(
@@ -241,9 +258,6 @@ def test_docs_deployment_partial_profiles_merge_when_the_recording_is_deleted(
         recording,
         mergeStrategy="containers",
         podSelector={"matchLabels": {"app": "sp-record"}},
-    )
-    eventually(
-        lambda: recorder._recordings.get(recording, namespace) is not None, TIMEOUT, "recording cached"
     )
     syscalls = [["read", "write"], ["read", "mkdir"], ["openat"]]
     pods = []
@@ -296,15 +310,12 @@ def test_docs_deployment_partial_profiles_merge_when_the_recording_is_deleted(
 
 
 def test_forged_annotations_record_nothing(
-    recorder: Recorder, kube: client.ApiClient, namespace: str
+    recorder: Recorder, kube: client.ApiClient, namespace: str, state: Path
 ) -> None:
     """Trust (issue 11, item 6): annotations naming a recording that does not select the pod, that
     records another kind, or that does not exist, on a pod the webhook never marked."""
     recording = f"test-recording-{uuid.uuid4().hex[:6]}"
     _create_recording(kube, namespace, recording)
-    eventually(
-        lambda: recorder._recordings.get(recording, namespace) is not None, TIMEOUT, "recording cached"
-    )
     forged = {
         f"{LOGS}nginx": _trace(recording, "nginx"),  # the recording selects app: my-app, not this pod
         f"{AVCS}nginx": _trace(recording, "nginx"),  # the recording records seccomp
@@ -318,9 +329,9 @@ def test_forged_annotations_record_nothing(
     _delete_pod(kube, pod)
     recorder.pod_deleted(pod)
 
-    state = recorder._files.directory
     # the unknown recording is waited for (it may be late in the cache), then given up
-    eventually(lambda: not any(state.iterdir()), 3 * TIMEOUT, "the pod's state forgotten")
+    eventually(lambda: _skipped(recorder, "RecordingNotFound") == 1, 3 * TIMEOUT, "the unknown recording")
+    eventually(lambda: _forgotten(state), TIMEOUT, "the pod's state forgotten")
     assert _skipped(recorder, "NotSelected") == 1
     assert _skipped(recorder, "KindMismatch") == 1
     assert _skipped(recorder, "RecordingNotFound") == 1
@@ -343,15 +354,13 @@ def test_a_recording_created_after_its_pod_is_waited_for(
     assert (_profile(kube, f"{recording}-nginx") or {})["spec"]["syscalls"][0]["names"] == ["clone3"]
 
 
-def test_recorded_data_survives_a_restart(kube: client.ApiClient, namespace: str, tmp_path: Path) -> None:
+def test_recorded_data_survives_a_restart(kube: client.ApiClient, namespace: str, state: Path) -> None:
     """A new Recorder on the same state directory collects what the old one recorded: a pod deleted
     while no agent ran is collected at start, a pod still running goes on recording."""
     recording = f"test-recording-{uuid.uuid4().hex[:6]}"
     _create_recording(kube, namespace, recording, podSelector={})
-    state = tmp_path / "recordings"
     first = Recorder(kube, NODE, state, CollectorRegistry())
     first.start()
-    eventually(lambda: first._recordings.get(recording, namespace) is not None, TIMEOUT, "recording cached")
     gone = _create_pod(kube, namespace, "gone", {f"{LOGS}nginx": _trace(recording, "nginx")}, ("nginx",))
     alive = _create_pod(kube, namespace, "alive", {f"{LOGS}redis": _trace(recording, "redis")}, ("redis",))
     for pod in (gone, alive):
@@ -382,3 +391,45 @@ def test_recorded_data_survives_a_restart(kube: client.ApiClient, namespace: str
         ]
     finally:
         second.stop()
+
+
+def test_an_apiserver_outage_is_retried_and_loses_nothing(
+    kube: client.ApiClient,
+    namespace: str,
+    state: Path,
+    control_plane: localcluster.ControlPlane,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pod ends while the recorder cannot reach the apiserver: the collection fails, is retried with
+    backoff, and the profile holds every syscall once the apiserver answers again."""
+    recording = f"test-recording-{uuid.uuid4().hex[:6]}"
+    _create_recording(kube, namespace, recording)
+    own = api_client(str(control_plane.kubeconfig))
+    recorder = Recorder(own, NODE, state, CollectorRegistry())
+    recorder.start()
+    try:
+        pod = _create_pod(kube, namespace, "my-pod", {f"{LOGS}nginx": _trace(recording, "nginx")}, ("nginx",))
+        recorder.observe_pod(pod)
+        for name in ("bind", "listen"):
+            recorder.record_syscall(namespace, "my-pod", "nginx", name)
+        _delete_pod(kube, pod)
+        reachable = own.configuration.host
+        own.configuration.host = f"https://127.0.0.1:{localcluster.free_port()}"  # nothing listens there
+        recorder.pod_deleted(pod)
+        eventually(
+            lambda: any(
+                "collect/" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records
+            ),
+            TIMEOUT,
+            "a failed collection",
+        )
+        assert _profile(kube, f"{recording}-nginx") is None
+        own.configuration.host = reachable
+        eventually(lambda: _profile(kube, f"{recording}-nginx") is not None, TIMEOUT, "the profile")
+        assert (_profile(kube, f"{recording}-nginx") or {})["spec"]["syscalls"][0]["names"] == [
+            "bind",
+            "listen",
+        ]
+        eventually(lambda: _forgotten(state), TIMEOUT, "the pod's state forgotten")
+    finally:
+        recorder.stop()
