@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -433,3 +434,33 @@ def test_an_apiserver_outage_is_retried_and_loses_nothing(
         eventually(lambda: _forgotten(state), TIMEOUT, "the pod's state forgotten")
     finally:
         recorder.stop()
+
+
+def test_the_audit_threads_record_each_distinct_name_once(state: Path) -> None:
+    """record_syscall from several threads at once, a hundred thousand calls over 40 names: the pod's
+    saved state holds the 40 names, whatever the interleaving (no apiserver needed before start)."""
+    recorder = Recorder(client.ApiClient(), NODE, state, CollectorRegistry())
+    pod = {
+        "metadata": {
+            "namespace": "ns",
+            "name": "busy",
+            "uid": "uid-busy",
+            "annotations": {f"{LOGS}c": _trace("rec", "c")},
+        },
+        "spec": {"nodeName": NODE, "containers": [{"name": "c"}]},
+    }
+    recorder.observe_pod(pod)
+    names = [f"call{index}" for index in range(40)]
+
+    def hammer(offset: int) -> None:
+        for index in range(25_000):
+            recorder.record_syscall("ns", "busy", "c", names[(index + offset) % len(names)])
+
+    threads = [threading.Thread(target=hammer, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    recorder.stop()  # saves what it holds
+    (saved,) = state.iterdir()
+    assert json.loads(saved.read_text())["syscalls"] == {"c": sorted(names)}
