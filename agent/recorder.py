@@ -317,7 +317,7 @@ class Recorder:
             try:
                 record = PodRecord.from_json(json.loads(content or b""))
             except (ValueError, RecordingError) as error:
-                self._skip(Skip.MALFORMED_EVENT, f"recording state {file_name} not loaded: {error}")
+                self._skip(Skip.UNREADABLE_STATE, f"recording state {file_name} not loaded: {error}")
                 continue
             facts = record.facts
             self._pods[facts.uid] = _Tracked(record, verified=False)

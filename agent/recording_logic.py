@@ -56,6 +56,7 @@ class Skip(enum.StrEnum):
     MALFORMED_EVENT = "MalformedEvent"
     TOO_MANY_RULES = "TooManyRules"
     NOTHING_RECORDED = "NothingRecorded"
+    UNREADABLE_STATE = "UnreadableState"
 
 
 class RecordingError(ValueError):

@@ -464,3 +464,11 @@ def test_the_audit_threads_record_each_distinct_name_once(state: Path) -> None:
     recorder.stop()  # saves what it holds
     (saved,) = state.iterdir()
     assert json.loads(saved.read_text())["syscalls"] == {"c": sorted(names)}
+
+
+def test_an_unreadable_state_file_is_a_counted_skip(state: Path) -> None:
+    state.mkdir()
+    (state / "0b7c1f7e-broken.json").write_text("{not json")
+    (state / "1c2d3e4f-foreign.json").write_text('{"pod": {"name": "x"}}')
+    recorder = Recorder(client.ApiClient(), NODE, state, CollectorRegistry())
+    assert _skipped(recorder, "UnreadableState") == 2
