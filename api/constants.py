@@ -274,6 +274,28 @@ PROC_DIR: Final = "/proc"
 # Built-in base profiles (api/baseprofiles.py) carry this label so users can tell them from their own.
 LABEL_BUILTIN_BASE_PROFILE: Final = "spo.x-k8s.io/builtin-base-profile"
 
+# --- profile recording from logs (the agent's recorder) ----------------------------------------------
+# The server-side apply field manager of the recorded profiles, which the agent's recorder alone writes
+# (ARCHITECTURE.md), apart from the reconciler's so that each owns its own fields.
+AGENT_FIELD_MANAGER: Final = "spod"
+RECORDER_LOGS: Final = "logs"  # ProfileRecording spec.recorder of log-based recording
+MERGE_STRATEGY_CONTAINERS: Final = "containers"
+LABEL_PARTIAL_VALUE: Final = "true"
+# The seccomp architecture of a recorded profile: the node's own, by Python's platform.machine().
+SECCOMP_ARCH_BY_MACHINE: Final[dict[str, str]] = {
+    "x86_64": "SCMP_ARCH_X86_64",
+    "amd64": "SCMP_ARCH_X86_64",
+    "aarch64": "SCMP_ARCH_AARCH64",
+    "arm64": "SCMP_ARCH_AARCH64",
+    "i386": "SCMP_ARCH_X86",
+    "i686": "SCMP_ARCH_X86",
+    "armv7l": "SCMP_ARCH_ARM",
+    "ppc64le": "SCMP_ARCH_PPC64LE",
+    "s390x": "SCMP_ARCH_S390X",
+    "riscv64": "SCMP_ARCH_RISCV64",
+}
+POD_PHASE_SUCCEEDED: Final = "Succeeded"
+
 # --- reconciler ---------------------------------------------------------------------------------
 # The field manager of every server-side apply the reconciler makes: it owns exactly those fields.
 FIELD_MANAGER: Final = "security-profiles-operator"
