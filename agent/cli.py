@@ -14,11 +14,12 @@ from pathlib import Path
 from kubernetes import client
 
 from agent.agent import Agent, AgentConfig
-from agent.attribution import ContainerIndex, watch_node_pods
+from agent.attribution import ContainerIndex, pod_selectors, watch_node_pods
 from agent.audit import AuditMetrics, AuditPipeline, Dispatch, audit_log_path, stdout_lines
 from agent.auditsource import FileSource
 from agent.handlers import KindHandler, PolicyFiles, SeccompHandler, SelinuxHandler, seccomp_supported
 from agent.lineage import ForkWatch
+from agent.recorder import Recorder
 from agent.selinux import (
     SELINUX_MODE_COMPILE_ONLY,
     SELINUX_MODE_SEMODULE,
@@ -27,9 +28,10 @@ from agent.selinux import (
     selinux_enabled,
 )
 from agent.server import serve
-from api import constants
+from api import constants, kinds
 from api.kinds import RAW_SELINUX_PROFILE, SELINUX_PROFILE
-from api.kube import api_client
+from api.kube import ResourceCache, api_client
+from api.types import KubernetesObject
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,12 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="load policies with semodule (default where SELinux is enabled) or only compile them",
     )
     parser.add_argument("--proc", type=Path, default=Path(constants.PROC_DIR), help="the host's /proc")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(constants.AGENT_RECORDINGS_DIR),
+        help="where the recorder keeps what it recorded of running pods (kept across restarts)",
+    )
     parser.add_argument(
         "--audit-log",
         type=Path,
@@ -115,7 +123,10 @@ def _start_audit(api: client.ApiClient, agent: Agent, args: argparse.Namespace) 
     Memory optimisation is read once: a spod change restarts the agent (the DaemonSet rolls)."""
     index = ContainerIndex()
     audit_log = audit_log_path(args.audit_log)
-    dispatch = Dispatch(args.node_name, args.proc, None, AuditMetrics(agent.metrics.registry), stdout_lines())
+    registry = agent.metrics.registry
+    recorder = Recorder(api, args.node_name, args.state_dir, registry=registry)
+    recorder.start()
+    dispatch = Dispatch(args.node_name, args.proc, recorder, AuditMetrics(registry), stdout_lines())
     forks = ForkWatch()
     forks.start()
     pipeline = AuditPipeline(
@@ -128,13 +139,35 @@ def _start_audit(api: client.ApiClient, agent: Agent, args: argparse.Namespace) 
     )
     memory_optimization = bool(agent.spod_spec().enable_memory_optimization)
     pods = watch_node_pods(api, args.node_name, memory_optimization, index, pipeline.new_containers)
-    pods.start()
+    recorded_pods = _recorded_pods(api, args.node_name, memory_optimization, recorder)
+    for cache in (pods, recorded_pods):
+        cache.start()
     pipeline.start()
-    log.info("following %s for the enrichers", audit_log)
+    log.info("following %s for the enrichers and the recorder", audit_log)
 
     def stop() -> None:
         pipeline.stop()
-        pods.stop()
+        for cache in (pods, recorded_pods):
+            cache.stop()
         forks.stop()
+        recorder.stop()
 
     return stop
+
+
+def _recorded_pods(
+    api: client.ApiClient, node_name: str, memory_optimization: bool, recorder: Recorder
+) -> ResourceCache[KubernetesObject]:
+    """This node's pods as the recorder needs them (annotations, containers, phase), not started."""
+    fields, labels = pod_selectors(node_name, memory_optimization)
+    cache = ResourceCache(api, kinds.POD, KubernetesObject, label_selector=labels, field_selector=fields)
+
+    def changed(pod: KubernetesObject) -> None:
+        body = pod.model_dump(by_alias=True, exclude_none=True)
+        if cache.get(pod.metadata.name or "", pod.metadata.namespace or "") is None:
+            recorder.pod_deleted(body)
+        else:
+            recorder.observe_pod(body)
+
+    cache.add_event_handler(changed)
+    return cache

@@ -153,6 +153,8 @@ SECCOMP_ACTION_RESTRICTIVENESS: Final[dict[str, int]] = {
     "SCMP_ACT_ALLOW": 7,
 }
 OPERATOR_ROOT: Final = "/var/lib/security-profiles-operator"
+# What the agent's recorder has recorded of running pods, kept across its restarts.
+AGENT_RECORDINGS_DIR: Final = f"{OPERATOR_ROOT}/recordings"
 SELINUX_POLICY_DIR: Final = "/etc/selinux.d"
 SELINUXFS: Final = "/sys/fs/selinux"  # has `enforce` when the kernel runs SELinux
 # Compile-only SELinux mode: Debian's reference policy base module and libselinux's .pp -> CIL converter

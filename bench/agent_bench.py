@@ -57,7 +57,16 @@ def main() -> None:
         localcluster.install_crds(api, manifests.crds.all_crds())
         localcluster.ensure_namespace(api, constants.DEFAULT_NAMESPACE)
         kubelet_dir = state / "kubelet"
-        agent = start_agent(cluster, NODE, kubelet_dir, constants.DEFAULT_NAMESPACE, localcluster.free_port())
+        agent = start_agent(
+            cluster,
+            NODE,
+            kubelet_dir,
+            constants.DEFAULT_NAMESPACE,
+            localcluster.free_port(),
+            selinux_dir=state / "selinux.d",
+            audit_log=state / "audit.log",
+            state_dir=state / "recordings",
+        )
         print(f"agent RSS idle: {rss_mib(agent.pid):.0f} MiB", flush=True)
         documents = [
             {

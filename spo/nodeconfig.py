@@ -64,6 +64,11 @@ class NodePaths:
         return self.root / "selinux.d"
 
     @property
+    def recordings_dir(self) -> Path:
+        """What the node's agent has recorded of running pods."""
+        return self.root / "recordings"
+
+    @property
     def audit_dir(self) -> Path:
         """The node's audit daemon: its configuration and its log."""
         return self.root / "audit"

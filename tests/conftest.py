@@ -200,6 +200,7 @@ class NodeSlot:
                 agent_port,
                 selinux_dir=local_node.paths.selinux_dir,
                 audit_log=local_node.audit_log,
+                state_dir=local_node.paths.recordings_dir,
             )
         except BaseException:
             self._stop(cluster, node_binaries)
@@ -233,9 +234,10 @@ def node_cluster(node_slot: NodeSlot) -> NodeCluster:
 
 
 @pytest.fixture
-def node_namespace(node_cluster: NodeCluster) -> str:
+def node_namespace(node_cluster: NodeCluster) -> Iterator[str]:
     """A fresh namespace on the node's cluster, once its `default` service account exists (the
-    ServiceAccount admission plugin refuses pods until the controller-manager has made it)."""
+    ServiceAccount admission plugin refuses pods until the controller-manager has made it). It and its
+    pods are gone after the test: a pod left running would hold the profiles it uses for later tests."""
     name = f"n-{uuid.uuid4().hex[:10]}"
     localcluster.ensure_namespace(node_cluster.kube, name)
     core = client.CoreV1Api(node_cluster.kube)
@@ -246,4 +248,9 @@ def node_namespace(node_cluster: NodeCluster) -> str:
         ),
         f"service account default in {name}",
     )
-    return name
+    yield name
+    # A terminating namespace gets no new pods (its workloads cannot replace them); its pods go at once
+    # rather than after their grace period (a container's `sleep` ignores SIGTERM).
+    core.delete_namespace(name)
+    core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+    node_cluster.cluster.wait_until(lambda: not core.list_namespaced_pod(name).items, f"no pod in {name}")

@@ -74,6 +74,9 @@ class RunningAgent:
             selinux_dir=self.selinux_dir,
             # This machine has no SELinux: the agent compiles policies with secilc, loads none.
             selinux_mode=SELINUX_MODE_COMPILE_ONLY,
+            # No node here: nothing is audited; what the recorder keeps stays in the test's directory.
+            audit_log=self.kubelet_dir.parent / "audit.log",
+            state_dir=self.kubelet_dir.parent / "recordings",
         )
 
     def kill(self) -> None:

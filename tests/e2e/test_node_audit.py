@@ -21,6 +21,7 @@ import yaml
 
 from api import constants
 from tests.conftest import NodeCluster
+from tests.docs_examples import docs_objects as _docs_objects
 from tests.e2e.test_agent import wait_state
 from tests.e2e.test_node import _exec, _localhost, _pod, _run
 from tests.e2e.test_webhooks import _audit_annotation, _docs_object
@@ -143,9 +144,133 @@ def test_docs_exec_and_debug_are_correlated_with_the_apiserver_audit_log(
                     found.append(record)
         return found
 
-    eventually(records, timeout=WAIT_SECONDS, what=f"a JSON record with requestUID {uid}")
-    record = records()[0]
-    assert record["resource"] == {"container": container, "namespace": node_namespace, "pod": "my-pod"}
-    assert record["node"] == {"name": node_cluster.node.name}
-    assert record["syscalls"] and record["version"] == constants.JSON_AUDIT_VERSION
-    assert record["executable"] == constants.BUSYBOX_PATH
+    # A process has a record per interval; the one holding its exec names the program it became.
+    eventually(
+        lambda: any(r["executable"] == constants.BUSYBOX_PATH for r in records()),
+        timeout=WAIT_SECONDS,
+        what=f"a JSON record with requestUID {uid}",
+    )
+    for record in records():
+        assert record["resource"] == {"container": container, "namespace": node_namespace, "pod": "my-pod"}
+        assert record["node"] == {"name": node_cluster.node.name}
+        assert record["syscalls"] and record["version"] == constants.JSON_AUDIT_VERSION
+
+
+# Docs 7.6.3 step 4: the workload to record (redis runs as its image's user, nginx unprivileged).
+DOCS_RECORDED_POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "my-pod", "labels": {"app": "my-app"}},
+    "spec": {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "nginx",
+                "image": constants.IMAGE_TEST_NGINX_UNPRIVILEGED,
+                "ports": [{"containerPort": 8080}],
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            },
+            {
+                "name": "redis",
+                "image": constants.IMAGE_REDIS,
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            },
+        ],
+    },
+}
+
+
+def _seccomp_profile(cluster: NodeCluster, name: str) -> dict[str, Any] | None:
+    found = kubectl(cluster.kubeconfig, "get", "sp", name, "-o", "json", check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def _allowed(profile: dict[str, Any]) -> set[str]:
+    return {n for entry in profile["spec"].get("syscalls") or [] for n in entry["names"]}
+
+
+def test_docs_recording_from_logs_makes_a_profile_that_runs_the_program(
+    node_cluster: NodeCluster, node_namespace: str, log_enricher: None
+) -> None:
+    """Docs 7.6.3: the namespace labelled, the ProfileRecording for `app: my-app`, the docs' two-container
+    pod, a command run in it, the pod deleted: one SeccompProfile per container holding the syscalls
+    its processes really made. The nginx profile then runs the same command; without mkdir, mkdir fails."""
+    config = node_cluster.kubeconfig
+    wait_state(node_cluster.kube, constants.LOG_ENRICHER_TRACE_PROFILE, node_cluster.node.name, "Installed")
+    kubectl(config, "label", "ns", node_namespace, f"{constants.LABEL_ENABLE_RECORDING}=true")
+    recording = next(
+        o
+        for o in _docs_objects()
+        if o["kind"] == "ProfileRecording"
+        and o["spec"]["kind"] == "SeccompProfile"
+        and "mergeStrategy" not in o["spec"]
+    )
+    recording["metadata"]["namespace"] = node_namespace  # the docs' my-namespace
+    kubectl(config, "-n", node_namespace, "apply", "-f", "-", stdin=yaml.safe_dump(recording))
+    _run(node_cluster, node_namespace, DOCS_RECORDED_POD)
+    kubectl(
+        config,
+        "-n",
+        node_namespace,
+        "exec",
+        "my-pod",
+        "-c",
+        "nginx",
+        "--",
+        "sh",
+        "-c",
+        "mkdir /tmp/made; sleep 2",
+    )
+    # The recorder has what the log enricher has printed: wait for the mkdir before ending the pod.
+    made = f'namespace="{node_namespace}" pod="my-pod" container="nginx"'
+    eventually(
+        lambda: any(made in line and 'syscallName="mkdir"' in line for line in _agent_log(node_cluster)),
+        timeout=WAIT_SECONDS,
+        what="the exec'd mkdir seen by the agent",
+    )
+    kubectl(config, "-n", node_namespace, "delete", "pod", "my-pod")
+
+    eventually(
+        lambda: all(_seccomp_profile(node_cluster, f"test-recording-{c}") for c in ("nginx", "redis")),
+        timeout=WAIT_SECONDS,
+        what="the recorded profiles test-recording-nginx and test-recording-redis",
+    )
+    nginx = _seccomp_profile(node_cluster, "test-recording-nginx") or {}
+    redis = _seccomp_profile(node_cluster, "test-recording-redis") or {}
+    for profile in (nginx, redis):
+        assert profile["metadata"]["labels"][constants.LABEL_RECORDING_ID] == "test-recording"
+        assert profile["spec"]["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert {"mkdir", "execve"} <= _allowed(nginx)
+    assert "execve" in _allowed(redis)
+
+    # The recorded profile runs the program; the same without mkdir makes mkdir fail with EPERM.
+    without = {
+        "apiVersion": nginx["apiVersion"],
+        "kind": "SeccompProfile",
+        "metadata": {"name": "recorded-without-mkdir"},
+        "spec": {
+            **{k: v for k, v in nginx["spec"].items() if k != "syscalls"},
+            "syscalls": [
+                {**entry, "names": [n for n in entry["names"] if n not in {"mkdir", "mkdirat"}]}
+                for entry in nginx["spec"]["syscalls"]
+            ],
+        },
+    }
+    kubectl(config, "apply", "-f", "-", stdin=yaml.safe_dump(without))
+    for name in ("test-recording-nginx", "recorded-without-mkdir"):
+        wait_state(node_cluster.kube, name, node_cluster.node.name, "Installed")
+    kubectl(config, "label", "ns", node_namespace, f"{constants.LABEL_ENABLE_RECORDING}-")
+    for pod, profile_name in (("replay", "test-recording-nginx"), ("denied", "recorded-without-mkdir")):
+        replay = {
+            **DOCS_RECORDED_POD,
+            "metadata": {"name": pod},
+            "spec": {
+                **DOCS_RECORDED_POD["spec"],
+                "securityContext": {"runAsNonRoot": True, **_localhost(profile_name)},
+                "containers": DOCS_RECORDED_POD["spec"]["containers"][:1],
+            },
+        }
+        _run(node_cluster, node_namespace, replay)
+    _exec(node_cluster, node_namespace, "replay", "sh", "-c", "mkdir /tmp/made; sleep 2")
+    denied = _exec(node_cluster, node_namespace, "denied", "sh", "-c", "mkdir /tmp/made", check=False)
+    assert denied.returncode != 0 and "Operation not permitted" in denied.stderr, denied
