@@ -5,6 +5,7 @@ from typing import Any
 
 import yaml
 
+from api import constants
 from api.types import default_spod
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +50,27 @@ def without_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [without_nulls(v) for v in value]
     return value
+
+
+# Docs 7.6.3 step 4: the workload to record (redis runs as its image's user, nginx unprivileged).
+DOCS_RECORDED_POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "my-pod", "labels": {"app": "my-app"}},
+    "spec": {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "nginx",
+                "image": constants.IMAGE_TEST_NGINX_UNPRIVILEGED,
+                "ports": [{"containerPort": 8080}],
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            },
+            {
+                "name": "redis",
+                "image": constants.IMAGE_REDIS,
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            },
+        ],
+    },
+}

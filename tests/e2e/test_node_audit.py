@@ -21,6 +21,7 @@ import yaml
 
 from api import constants
 from tests.conftest import NodeCluster
+from tests.docs_examples import DOCS_RECORDED_POD
 from tests.docs_examples import docs_objects as _docs_objects
 from tests.e2e.test_agent import wait_state
 from tests.e2e.test_node import _exec, _localhost, _pod, _run
@@ -154,30 +155,6 @@ def test_docs_exec_and_debug_are_correlated_with_the_apiserver_audit_log(
         assert record["resource"] == {"container": container, "namespace": node_namespace, "pod": "my-pod"}
         assert record["node"] == {"name": node_cluster.node.name}
         assert record["syscalls"] and record["version"] == constants.JSON_AUDIT_VERSION
-
-
-# Docs 7.6.3 step 4: the workload to record (redis runs as its image's user, nginx unprivileged).
-DOCS_RECORDED_POD: dict[str, Any] = {
-    "apiVersion": "v1",
-    "kind": "Pod",
-    "metadata": {"name": "my-pod", "labels": {"app": "my-app"}},
-    "spec": {
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [
-            {
-                "name": "nginx",
-                "image": constants.IMAGE_TEST_NGINX_UNPRIVILEGED,
-                "ports": [{"containerPort": 8080}],
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            },
-            {
-                "name": "redis",
-                "image": constants.IMAGE_REDIS,
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            },
-        ],
-    },
-}
 
 
 def _seccomp_profile(cluster: NodeCluster, name: str) -> dict[str, Any] | None:

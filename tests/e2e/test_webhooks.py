@@ -23,7 +23,7 @@ from reconciler.webhook_config import (
 )
 from spo import localcluster
 from tests.conftest import WebhookServer, start_webhook_server, webhook_down
-from tests.docs_examples import docs_objects
+from tests.docs_examples import DOCS_RECORDED_POD, docs_objects
 from tests.kubectl import dry_run_create, kubectl, kubectl_json
 
 pytestmark = pytest.mark.e2e
@@ -156,18 +156,7 @@ def test_recording_as_in_the_docs(
     kubeconfig = control_plane.kubeconfig
     kubectl(kubeconfig, "label", "ns", namespace, "spo.x-k8s.io/enable-recording=true")
     _apply(kubeconfig, _docs_object("ProfileRecording", "test-recording", "SeccompProfile"), namespace)
-    my_pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "my-pod", "labels": {"app": "my-app"}},
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {"name": "nginx", "image": NGINX, "ports": [{"containerPort": 8080}]},
-                {"name": "redis", "image": "quay.io/security-profiles-operator/redis:6.2.1"},
-            ],
-        },
-    }
+    my_pod = copy.deepcopy(DOCS_RECORDED_POD)
     _wait_for_cache(kubeconfig, namespace, "io.containers.trace-logs/nginx", my_pod)
     kubectl(kubeconfig, "-n", namespace, "create", "-f", "-", stdin=yaml.safe_dump(my_pod))
     pod = kubectl_json(kubeconfig, "-n", namespace, "get", "pod", "my-pod")
