@@ -61,6 +61,10 @@ def _base_chain(name: str | None, base_spec: Callable[[str], SeccompProfileSpec 
 
 def to_delete(profiles: Iterable[SeccompProfile], daemon: SPODSpec) -> list[tuple[str, list[str]]]:
     """The profiles that break the spod's lists and are not being deleted yet, with the reasons."""
+    if not daemon.allowed_syscalls:
+        # Nothing is restricted (the default): this runs on every profile event, so not one profile
+        # is looked at, or each event would cost a pass over all of them.
+        return []
     by_name = {p.metadata.name: p for p in profiles}
 
     def base(name: str) -> SeccompProfileSpec | None:

@@ -3,6 +3,7 @@ allowedSeccompActions check (reconciler/compliance.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -238,3 +239,13 @@ def test_to_delete_counts_base_profiles_and_skips_profiles_already_deleting() ->
         ("child", ["syscall not allowed: bpf"]),
         ("root", ["syscall not allowed: bpf"]),
     ]
+
+
+class _Untouchable:
+    def __iter__(self) -> Iterator[SeccompProfile]:
+        raise AssertionError("profiles iterated although the spod restricts nothing")
+
+
+def test_to_delete_looks_at_no_profile_when_nothing_is_restricted() -> None:
+    # It runs on every profile event: a pass over all profiles each time would be quadratic.
+    assert to_delete(_Untouchable(), SPODSpec()) == []
