@@ -49,6 +49,7 @@ _REFERENCES = "references"
 _RECORDINGS = "recordings"
 _OWNER = "owner"
 _HEARTBEATS_KEY = "heartbeats"
+PROFILE_WORKERS = 8
 
 
 def _profile_key(kind: str, name: str) -> str:
@@ -158,6 +159,9 @@ class ProfileControllers:
                     self.pods, lambda pod: [k for r in pod.references for k in _profile_keys_of_reference(r)]
                 ),
             ],
+            # Each pass waits on one or two writes: a single worker left the apiserver idle
+            # between them, and 1,000 new profiles took their writes' latency in sequence.
+            workers=PROFILE_WORKERS,
         )
         bindings = Controller(
             "bindings",
