@@ -17,7 +17,7 @@ import datetime
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from api.types import (
     SeccompProfileSpec,
     SecurityProfileNodeStatus,
     SecurityProfilesOperatorDaemon,
+    SelinuxProfile,
     SPODSpec,
     heartbeat_lease_name,
     node_finalizer,
@@ -73,7 +74,8 @@ class Metrics:
         self.registry = registry
         self.operations: dict[str, Counter] = {}
         self.errors: dict[str, Counter] = {}
-        for prefix in prefixes:
+        # Handlers of related kinds (SelinuxProfile, RawSelinuxProfile) count in one family.
+        for prefix in dict.fromkeys(prefixes):
             what = prefix.replace("_profile", "")
             self.operations[prefix] = Counter(
                 f"{METRIC_PREFIX}{prefix}",
@@ -116,9 +118,18 @@ class Agent:
         self._started = threading.Event()
 
     # --- the read-only view handlers decide from ------------------------------------------------
+    def spod(self) -> SecurityProfilesOperatorDaemon | None:
+        return self._spods.get(constants.SPOD_NAME, self.config.namespace)
+
     def spod_spec(self) -> SPODSpec:
-        spod = self._spods.get(constants.SPOD_NAME, self.config.namespace)
+        spod = self.spod()
         return spod.spec if spod is not None else SPODSpec()
+
+    def selinux_profiles(self) -> Mapping[str, SelinuxProfile]:
+        """The SelinuxProfiles by name, which others inherit (none when this agent does not watch them)."""
+        cache = self._profiles.get(SelinuxProfile.KIND)
+        profiles = cache.items() if cache is not None else []
+        return {p.metadata.name: p for p in profiles if isinstance(p, SelinuxProfile) and p.metadata.name}
 
     def seccomp_spec(self, name: str) -> SeccompProfileSpec | None:
         """A base profile by name: the SeccompProfile of that name, else the built-in one."""
@@ -170,7 +181,7 @@ class Agent:
         # Profiles built on this one change with it.
         handler = self._handlers[kind]
         for other in self._profiles[kind].items():
-            if handler.depends_on(other) == name:
+            if name in handler.depends_on(other):
                 self._queue.add(f"{kind}/{other.metadata.name}")
 
     def _on_node_status(self, status: SecurityProfileNodeStatus) -> None:
@@ -194,13 +205,20 @@ class Agent:
 
     # --- restart safety -------------------------------------------------------------------------
     def remove_orphan_files(self) -> None:
-        """Remove the files no existing profile names, and temporary files a crash left."""
-        for kind, handler in self._handlers.items():
+        """Remove the files no existing profile names, and temporary files a crash left. Handlers may
+        share their files (both SELinux kinds): a file is kept when a profile of any of them names it."""
+        for handler in self._handlers.values():
+            sharing = [h for h in self._handlers.values() if h.files is handler.files]
+            if sharing[0] is not handler:
+                continue  # swept with the first handler of these files
             handler.files.sweep()
-            wanted = {handler.file_name(p.metadata.name) for p in self._profiles[kind].items()}
+            wanted = {
+                h.file_name(p.metadata.name) for h in sharing for p in self._profiles[h.kind.kind].items()
+            }
+            kinds = " or ".join(h.kind.kind for h in sharing)
             for file_name in handler.files.names() - wanted:
                 if handler.files.remove(file_name):
-                    log.info("removed %s: no %s of that name exists", file_name, kind)
+                    log.info("removed %s: no %s of that name exists", file_name, kinds)
                     self.metrics.operations[handler.metric_prefix].labels("delete").inc()
 
     # --- reconcile ------------------------------------------------------------------------------
@@ -218,30 +236,32 @@ class Agent:
             return
         desired = handler.desired(profile, self)
         self._ensure_metadata(handler, profile, desired)
+        if desired.state == ProfileState.INSTALLED:
+            desired = self._install(handler, profile, desired)
+        else:
+            self._uninstall_file(handler, name)
         if desired.error is not None:
             self.metrics.errors[handler.metric_prefix].labels(desired.error.reason).inc()
             log.warning("%s %s: %s", handler.kind.kind, name, desired.error.message)
-        if desired.content is not None:
-            self._install(handler, profile, desired.content)
-        else:
-            self._uninstall_file(handler, name)
         self._set_node_status(handler, profile, desired)
 
-    def _install(self, handler: KindHandler, profile: ProfileResource, content: bytes) -> None:
-        """Pending until the file is on disk; a failed write is an Error saying why, retried."""
+    def _install(self, handler: KindHandler, profile: ProfileResource, desired: Desired) -> Desired:
+        """Pending until the node holds it; a failed write is an Error saying why, retried. Returns what
+        to report: the node may refuse the profile (a SELinux policy that does not compile)."""
         name = profile.metadata.name or ""
         if self._statuses.get(node_status_name(name, self.config.node_name)) is None:
             self._write_node_status(handler, profile, ProfileState.PENDING, None)
         try:
-            changed = handler.files.write(name, content)
+            installed = handler.install(profile, self, desired)
         except OSError as error:
             self.metrics.errors[handler.metric_prefix].labels(handler.save_error_reason).inc()
             message = f"cannot save {handler.file_name(name)} on {self.config.node_name}: {error}"
             self._write_node_status(handler, profile, ProfileState.ERROR, message)
             raise
-        if changed:
+        if installed.changed:
             self.metrics.operations[handler.metric_prefix].labels("update").inc()
             log.info("%s %s: saved %s", handler.kind.kind, name, handler.file_name(name))
+        return installed.desired
 
     def _uninstall(self, handler: KindHandler, name: str) -> None:
         self._uninstall_file(handler, name)
@@ -302,7 +322,7 @@ class Agent:
 
     # --- node status ----------------------------------------------------------------------------
     def _set_node_status(self, handler: KindHandler, profile: ProfileResource, desired: Desired) -> None:
-        message = desired.error.message if desired.error is not None else None
+        message = desired.error.message if desired.error is not None else desired.message
         current = self._statuses.get(node_status_name(profile.metadata.name or "", self.config.node_name))
         if current is not None and current.status == desired.state and current.message == message:
             return

@@ -6,13 +6,22 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import tempfile
 import threading
 from pathlib import Path
 
 from agent.agent import Agent, AgentConfig
-from agent.handlers import SeccompHandler, seccomp_supported
+from agent.handlers import KindHandler, PolicyFiles, SeccompHandler, SelinuxHandler, seccomp_supported
+from agent.selinux import (
+    SELINUX_MODE_COMPILE_ONLY,
+    SELINUX_MODE_SEMODULE,
+    SELINUX_MODES,
+    open_store,
+    selinux_enabled,
+)
 from agent.server import serve
 from api import constants
+from api.kinds import RAW_SELINUX_PROFILE, SELINUX_PROFILE
 from api.kube import api_client
 
 log = logging.getLogger(__name__)
@@ -21,11 +30,13 @@ log = logging.getLogger(__name__)
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "agent",
-        help="node agent: install seccomp profiles as node files, report node statuses",
+        help="node agent: install seccomp and SELinux profiles on the node, report node statuses",
         description=(
             "Watch SeccompProfiles and install each enabled one as "
             "<kubelet-dir>/seccomp/operator/<name>.json on this node (base profiles merged, the spod's "
-            "allowedSyscalls enforced), keep this node's "
+            "allowedSyscalls enforced); watch SelinuxProfiles and RawSelinuxProfiles and install each "
+            "as <selinux-dir>/<name>.cil, loaded with semodule or, where SELinux is not enabled, only "
+            "compiled with secilc (--selinux-mode); keep this node's "
             "SecurityProfileNodeStatus objects and <node>-deleted finalizers, renew this node's heartbeat "
             f"Lease, and serve {constants.PATH_METRICS_SPOD}, {constants.PATH_METRICS} and "
             f"{constants.PATH_HEALTHZ}. SIGTERM stops it."
@@ -39,7 +50,13 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--selinux-dir",
         type=Path,
         default=Path(constants.SELINUX_POLICY_DIR),
-        help="where SELinux policies go (used by the SELinux handler)",
+        help="where SELinux policies go",
+    )
+    parser.add_argument(
+        "--selinux-mode",
+        choices=SELINUX_MODES,
+        default=SELINUX_MODE_SEMODULE if selinux_enabled() else SELINUX_MODE_COMPILE_ONLY,
+        help="load policies with semodule (default where SELinux is enabled) or only compile them",
     )
     parser.add_argument("--proc", type=Path, default=Path(constants.PROC_DIR), help="the host's /proc")
     parser.add_argument("--host", default="0.0.0.0", help="address of the metrics and health server")  # noqa: S104
@@ -48,8 +65,20 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="spo-agent-selinux-") as work_dir:
+        return _run(args, Path(work_dir))
+
+
+def _run(args: argparse.Namespace, selinux_work_dir: Path) -> int:
+    """`selinux_work_dir` keeps what compile-only compiles every policy with (the converted base policy)."""
     proc: Path = args.proc
-    handlers = [SeccompHandler(args.kubelet_dir, lambda: seccomp_supported(proc))]
+    # Both SELinux kinds keep their policies in one directory.
+    policies = PolicyFiles(open_store(args.selinux_mode, args.selinux_dir, selinux_work_dir))
+    handlers: list[KindHandler] = [
+        SeccompHandler(args.kubelet_dir, lambda: seccomp_supported(proc)),
+        SelinuxHandler(SELINUX_PROFILE, policies),
+        SelinuxHandler(RAW_SELINUX_PROFILE, policies),
+    ]
     agent = Agent(api_client(args.kubeconfig), AgentConfig(args.node_name, args.namespace), handlers)
     server = serve(args.host, args.metrics_port, agent.metrics.registry, agent.ready)
     stop = threading.Event()

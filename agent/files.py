@@ -22,15 +22,10 @@ _SAFE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 class NodeFiles(Protocol):
-    """What an agent handler needs of the node's file system."""
-
-    def write(self, name: str, content: bytes) -> bool:
-        """Make the file hold `content`; True when it changed."""
+    """What the agent's loop needs of a handler's node files (the handler writes them itself)."""
 
     def remove(self, name: str) -> bool:
         """Remove the file; True when there was one."""
-
-    def read(self, name: str) -> bytes | None: ...
 
     def names(self) -> set[str]:
         """The files present."""

@@ -138,6 +138,7 @@ JSON_ENRICHER_LOG_DIR: Final = "/data/logs/jsonenricher"
 
 # --- node paths ---------------------------------------------------------------------------------
 KUBELET_DIR: Final = "/var/lib/kubelet"
+AUDIT_LOG: Final = "/var/log/audit/audit.log"
 SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
 # Seccomp actions ranked most restrictive first (KILL and KILL_THREAD are the same action): a union of
 # profiles keeps the less restrictive action of a syscall (base profiles, recording merge).
@@ -289,3 +290,9 @@ SPOD_HEALTH_PORT: Final = 8085
 
 # --- profile status, deletion protection, recording merge (reconciler) ----------------------------
 CONDITION_READY: Final = "Ready"
+
+# The node's audit daemon keeps every seccomp line of a burst (the kernel log rate-limits them): a kernel
+# backlog this deep, and files large enough for a recording (real-node.md: ~34 MB in a 6 s burst).
+NODE_AUDIT_BACKLOG_LIMIT: Final = 8192
+NODE_AUDIT_LOG_MAX_MB: Final = 64
+NODE_AUDIT_LOG_FILES: Final = 5

@@ -510,6 +510,19 @@ def default_spod(namespace: str = constants.DEFAULT_NAMESPACE) -> SecurityProfil
     )
 
 
+def log_enricher_trace_profile() -> SeccompProfile:
+    """The profile the recording webhook gives containers recorded from logs: everything allowed and
+    logged, so the audit log holds each syscall the container makes."""
+    return SeccompProfile(
+        api_version=f"{constants.GROUP}/{SeccompProfile.VERSION}",
+        kind=SeccompProfile.KIND,
+        metadata=ObjectMeta(
+            name=constants.LOG_ENRICHER_TRACE_PROFILE, labels={constants.LABEL_APP: constants.APP_LABEL_VALUE}
+        ),
+        spec=SeccompProfileSpec(default_action="SCMP_ACT_LOG"),
+    )
+
+
 def seccomp_localhost_profile(profile_name: str) -> str:
     """The `localhostProfile` (relative to <kubelet>/seccomp) under which a node installs the profile."""
     file_name = profile_name if profile_name.endswith(".json") else f"{profile_name}.json"

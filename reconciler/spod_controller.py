@@ -3,7 +3,10 @@
 
 The spod is created with the defaults when the reconciler starts and finds none (as upstream does
 at start-up); a spod a user deleted stays deleted until the next start, so removing the operator
-by deleting its spod is not undone by the operator itself.
+by deleting its spod is not undone by the operator itself. The built-in base profiles (the docs'
+7.8.2 `baseProfileName: runc-v1.0.0`) are created at the same moment, each only if missing, so a user's
+own profile of that name is kept. With the log enricher on, the `log-enricher-trace` profile recorded
+containers run under is created too.
 """
 
 from __future__ import annotations
@@ -19,8 +22,15 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from api import constants, kinds
+from api.baseprofiles import builtin_base_profiles
 from api.kube import ResourceCache
-from api.types import KubernetesObject, SecurityProfilesOperatorDaemon, SPODStatus, default_spod
+from api.types import (
+    KubernetesObject,
+    SecurityProfilesOperatorDaemon,
+    SPODStatus,
+    default_spod,
+    log_enricher_trace_profile,
+)
 from reconciler import spod as spod_config
 from reconciler.drift import needs_apply
 from reconciler.runtime import Controller, Watch, add_finalizer, apply, remove_finalizer, split_key
@@ -73,6 +83,23 @@ def ca_bundle_from_secret(api: client.ApiClient, namespace: str) -> Callable[[],
     return read
 
 
+def create_missing(api: client.ApiClient, kind: kinds.ResourceKind, bodies: list[dict[str, Any]]) -> None:
+    """Create each object that does not exist yet; one that does is left as it is."""
+    objects = client.CustomObjectsApi(api)
+    for body in bodies:
+        namespace = body["metadata"].get("namespace")
+        try:
+            if namespace:
+                objects.create_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, body
+                )
+            else:
+                objects.create_cluster_custom_object(kind.group, kind.version, kind.plural, body)
+        except ApiException as error:
+            if error.status != _HTTP_CONFLICT:
+                raise
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -96,6 +123,7 @@ class SpodReconciler:
             else None
         )
         self._created_default = False
+        self._created_base_profiles = False
 
     @property
     def key(self) -> str:
@@ -129,6 +157,9 @@ class SpodReconciler:
     # --- reconcile ------------------------------------------------------------------------------
 
     def reconcile(self, key: str) -> float | None:
+        if not self._created_base_profiles:
+            create_missing(self.api, kinds.SECCOMP_PROFILE, [p.to_dict() for p in builtin_base_profiles()])
+            self._created_base_profiles = True
         namespace, name = split_key(key)
         spod = self.spods.get(name, namespace)
         if spod is None:
@@ -154,6 +185,9 @@ class SpodReconciler:
             self._report(name, found, spod)
             return None
         self._apply_webhook_configurations(spod)
+        if spod.spec.enable_log_enricher:
+            # Recorded containers run under it; a user who deleted it gets it back on the next pass.
+            create_missing(self.api, kinds.SECCOMP_PROFILE, [log_enricher_trace_profile().to_dict()])
         daemonset_status: dict[str, Any] | None = None
         generation = None
         if self.settings.manage_daemonset:
@@ -199,14 +233,7 @@ class SpodReconciler:
         return dict(configmap.data or {})
 
     def _create_default(self) -> None:
-        body = default_spod(self.settings.namespace).to_dict()
-        try:
-            client.CustomObjectsApi(self.api).create_namespaced_custom_object(
-                kinds.SPOD.group, kinds.SPOD.version, self.settings.namespace, kinds.SPOD.plural, body
-            )
-        except ApiException as error:
-            if error.status != _HTTP_CONFLICT:
-                raise
+        create_missing(self.api, kinds.SPOD, [default_spod(self.settings.namespace).to_dict()])
         self._created_default = True
 
     def _identity(self, name: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What `spo up` brings up: the control plane, the CRDs, the operator namespace, the webhook process,
-and the reconciler, which creates the default spod and keeps the webhook configurations pointing at
-the webhook by URL."""
+the reconciler, which creates the default spod and the built-in base profiles and keeps the webhook
+configurations pointing at the webhook by URL, and the node's agent."""
 
 from __future__ import annotations
 
@@ -16,24 +16,8 @@ from kubernetes.client.exceptions import ApiException
 import certs
 import manifests.crds
 from api import constants
-from api.baseprofiles import builtin_base_profiles
-from api.kinds import SECCOMP_PROFILE
 from api.kube import api_client
-from api.types import SeccompProfile
 from spo import localcluster, node
-
-
-def ensure_builtin_base_profiles(api: client.ApiClient) -> None:
-    """Create the built-in base profiles that do not exist (a user's own of that name is kept)."""
-    objects = client.CustomObjectsApi(api)
-    for profile in builtin_base_profiles():
-        try:
-            objects.create_cluster_custom_object(
-                constants.GROUP, SeccompProfile.VERSION, SECCOMP_PROFILE.plural, profile.to_dict()
-            )
-        except ApiException as error:
-            if error.status != 409:
-                raise
 
 
 def start_webhook(
@@ -64,9 +48,12 @@ def start_agent(
     port: int,
     *,
     name: str = "agent",
+    selinux_dir: Path | None = None,
+    selinux_mode: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`spo agent` for `node_name` as a host process writing below `kubelet_dir`; returns once its
-    caches are synced (/healthz)."""
+    """`spo agent` for `node_name` as a host process writing below `kubelet_dir` (and SELinux policies
+    in `selinux_dir` with `selinux_mode`, the agent's defaults when None); returns once its caches are
+    synced (/healthz)."""
     argv = localcluster.python_module(
         "spo.cli", "agent",
         "--node-name", node_name,
@@ -75,6 +62,8 @@ def start_agent(
         "--kubelet-dir", str(kubelet_dir),
         "--host", "127.0.0.1",
         "--metrics-port", str(port),
+        *(["--selinux-dir", str(selinux_dir)] if selinux_dir is not None else []),
+        *(["--selinux-mode", selinux_mode] if selinux_mode is not None else []),
     )  # fmt: skip
     process = cluster.spawn(name, argv)
     cluster.wait_until(
@@ -161,10 +150,14 @@ def bring_up(
         localcluster.ensure_namespace(api, namespace)
         start_webhook(cluster, namespace, webhook_port)
         start_reconciler(cluster, namespace, f"https://127.0.0.1:{webhook_port}")
-        ensure_builtin_base_profiles(api)
         if with_node:
             start_agent(
-                cluster, facts["node"], local_node.paths.kubelet_root, namespace, localcluster.free_port()
+                cluster,
+                facts["node"],
+                local_node.paths.kubelet_root,
+                namespace,
+                localcluster.free_port(),
+                selinux_dir=local_node.paths.selinux_dir,
             )
     except BaseException:
         stop_all(cluster, node_binaries)

@@ -32,6 +32,8 @@ from spo import localcluster
 from spo.images import ImageBuildError, build_node_images
 from spo.nodeconfig import (
     NodePaths,
+    audit_status,
+    auditd_conf,
     bridge_commands,
     cni_conflist,
     containerd_config,
@@ -49,10 +51,19 @@ from spo.registry import write_hosts_dir
 NODE_BUILD_SCRIPT = localcluster.REPO_ROOT / "hack" / "node" / "build.sh"
 NODE_COMMANDS = ("containerd", "ctr", "containerd-shim-runc-v2", "crictl")
 KUBERNETES_NODE_COMMANDS = ("kubelet", "kube-controller-manager", "kube-scheduler")
-HOST_COMMANDS = ("runc", "iptables", "iptables-save", "ip6tables", "ip6tables-save", "ip")
+HOST_COMMANDS = (
+    "runc",
+    "iptables",
+    "iptables-save",
+    "ip6tables",
+    "ip6tables-save",
+    "ip",
+    "auditd",
+    "auditctl",
+)
 KUBELET_API_BINDING = "spo-local:kube-apiserver-kubelet-client"
 STOP_TIMEOUT_SECONDS = 15.0
-NODE_PROCESSES = ("kubelet", "containerd")
+NODE_PROCESSES = ("kubelet", "containerd", "auditd")
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _MNT_DETACH = 2
 
@@ -74,7 +85,9 @@ def node_name() -> str:
 
 def missing_prerequisites(kubernetes_bin: Path, node_bin: Path) -> list[str]:
     missing = [] if os.geteuid() == 0 else ["root (a kubelet and containerd need it)"]
-    missing += [f"{c} (apt-get install runc iptables iproute2)" for c in HOST_COMMANDS if not shutil.which(c)]
+    missing += [
+        f"{c} (apt-get install runc iptables iproute2 auditd)" for c in HOST_COMMANDS if not shutil.which(c)
+    ]
     plugins = Path(constants.CNI_PLUGIN_DIR)
     missing += [
         f"{plugins / p} (apt-get install containernetworking-plugins)"
@@ -179,6 +192,8 @@ class Node:
     cluster: localcluster.ControlPlane
     binaries: Path
     name: str = field(default_factory=node_name)
+    # Where the kernel's audit lines of this node's containers go, once started.
+    audit_log: Path = Path(constants.AUDIT_LOG)
 
     @property
     def paths(self) -> NodePaths:
@@ -195,12 +210,31 @@ class Node:
         ):
             directory.mkdir(parents=True, exist_ok=True)
         save_host_state(paths)
+        self.audit_log = self._start_auditd()
         self._start_containerd(lock)
         self._import_images()
         self._start_kubelet(lock)
 
     def crictl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return crictl(self.binaries, self.paths, *args, timeout=timeout)
+
+    def _start_auditd(self) -> Path:
+        """The node's audit daemon, so that no seccomp or AVC line of a container is lost (the kernel log
+        rate-limits them), unless the machine runs one already: then the node's lines are in its log.
+        Returns the log the node's audit lines go to."""
+        if audit_daemon_pid() is not None:
+            return Path(constants.AUDIT_LOG)
+        paths = self.paths
+        (paths.audit_dir / "plugins.d").mkdir(parents=True, exist_ok=True)
+        config = paths.audit_dir / "auditd.conf"
+        config.write_text(auditd_conf(paths))
+        config.chmod(0o640)  # auditd refuses a configuration others may write
+        _auditctl("-b", str(constants.NODE_AUDIT_BACKLOG_LIMIT))
+        process = self.cluster.spawn("auditd", ["auditd", "-n", "-s", "nochange", "-c", str(paths.audit_dir)])
+        self.cluster.wait_until(
+            lambda: audit_daemon_pid() == process.pid and paths.audit_log.exists(), "auditd"
+        )
+        return paths.audit_log
 
     def _start_containerd(self, lock: NodeLock) -> None:
         paths = self.paths
@@ -338,6 +372,8 @@ def teardown(paths: NodePaths, binaries: Path, running: Mapping[str, int]) -> No
         if paths.containerd_socket.exists():
             crictl(binaries, paths, "rmp", "--all", "--force", timeout=120)
         stop_process(running["containerd"], timeout=STOP_TIMEOUT_SECONDS)
+    if "auditd" in running:
+        stop_process(running["auditd"], timeout=STOP_TIMEOUT_SECONDS)
     owner = paths.root.parent
     try:
         lock = NodeLock.acquire(owner)
@@ -398,6 +434,17 @@ def _clean_machine(paths: NodePaths) -> None:
     restore_host_state(paths)
 
 
+def _auditctl(*args: str) -> str:
+    """auditctl's output; empty where it cannot talk to the kernel (no audit support)."""
+    return subprocess.run(["auditctl", *args], capture_output=True, text=True, check=False).stdout
+
+
+def audit_daemon_pid() -> int | None:
+    """The pid of the audit daemon the kernel sends its records to, if one is alive."""
+    pid = int(audit_status(_auditctl("-s")).get("pid") or 0)
+    return pid if pid and Path(f"/proc/{pid}").exists() else None
+
+
 def _save(tool: str, *args: str) -> str:
     return subprocess.run([f"{tool}-save", *args], capture_output=True, text=True, check=False).stdout
 
@@ -439,14 +486,18 @@ def _kubepods_cgroups() -> list[Path]:
 
 
 def save_host_state(paths: NodePaths) -> None:
-    """Note the sysctls the node changes and which of the host directories it creates are missing."""
+    """Note the sysctls and the kernel's audit backlog limit the node changes, and which of the host
+    directories it creates are missing."""
     sysctls = {}
     for name in constants.NODE_SYSCTLS:
         with contextlib.suppress(OSError):
             sysctls[name] = sysctl_path(name).read_text().strip()
     absent = [d for d in constants.NODE_HOST_DIRS if not Path(d).exists()]
+    backlog = audit_status(_auditctl("-s")).get("backlog_limit")
     paths.saved_host_state.parent.mkdir(parents=True, exist_ok=True)
-    paths.saved_host_state.write_text(json.dumps({"sysctls": sysctls, "absent": absent}, indent=2))
+    paths.saved_host_state.write_text(
+        json.dumps({"sysctls": sysctls, "absent": absent, "audit_backlog_limit": backlog}, indent=2)
+    )
 
 
 def restore_host_state(paths: NodePaths) -> None:
@@ -459,6 +510,8 @@ def restore_host_state(paths: NodePaths) -> None:
         with contextlib.suppress(OSError):
             if sysctl_path(name).read_text().strip() != value:
                 sysctl_path(name).write_text(value)
+    if saved.get("audit_backlog_limit"):
+        _auditctl("-b", saved["audit_backlog_limit"])
     for directory in saved["absent"]:
         for current, _, _ in os.walk(directory, topdown=False):
             with contextlib.suppress(OSError):

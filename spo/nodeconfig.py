@@ -58,6 +58,21 @@ class NodePaths:
         return self.kubelet_root / "seccomp" / constants.SECCOMP_OPERATOR_DIR
 
     @property
+    def selinux_dir(self) -> Path:
+        """The node's SELinux policy directory: this host has no SELinux, so the agent only compiles the
+        policies it writes here, and they go with the node."""
+        return self.root / "selinux.d"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The node's audit daemon: its configuration and its log."""
+        return self.root / "audit"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.audit_dir / "audit.log"
+
+    @property
     def kubelet_config(self) -> Path:
         return self.root / "kubelet-config.yaml"
 
@@ -81,6 +96,42 @@ class NodePaths:
     @property
     def saved_host_state(self) -> Path:
         return self.root / "host-state.json"
+
+
+def auditd_conf(paths: NodePaths) -> str:
+    """auditd.conf for the node's audit daemon (`auditd -c <audit_dir>`): raw lines into the node's own
+    log, rotated by size, no plugins, and never suspending logging (a full disk here is a test machine's,
+    not an audit trail's, problem)."""
+    settings = {
+        "local_events": "yes",
+        "write_logs": "yes",
+        "log_file": str(paths.audit_log),
+        "log_group": "root",
+        "log_format": "RAW",
+        "flush": "INCREMENTAL_ASYNC",
+        "freq": "50",
+        "max_log_file": str(constants.NODE_AUDIT_LOG_MAX_MB),
+        "num_logs": str(constants.NODE_AUDIT_LOG_FILES),
+        "max_log_file_action": "ROTATE",
+        "priority_boost": "4",
+        "name_format": "NONE",
+        "space_left": "75",
+        "space_left_action": "IGNORE",
+        "admin_space_left": "50",
+        "admin_space_left_action": "IGNORE",
+        "disk_full_action": "IGNORE",
+        "disk_error_action": "IGNORE",
+        "q_depth": "2000",
+        "overflow_action": "IGNORE",
+        "plugin_dir": str(paths.audit_dir / "plugins.d"),
+        "end_of_event_timeout": "2",
+    }
+    return "".join(f"{key} = {value}\n" for key, value in settings.items())
+
+
+def audit_status(text: str) -> dict[str, str]:
+    """`auditctl -s` as a mapping (`pid`, `backlog_limit`, `lost`, ...)."""
+    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
 
 
 def pod_gateway(subnet: str = constants.POD_SUBNET) -> str:

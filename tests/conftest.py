@@ -1,6 +1,7 @@
 """Fixtures: a real etcd + kube-apiserver per pytest session, a fresh namespace per test, and the
-webhook server registered with the apiserver by URL on 127.0.0.1; for tests marked `node`, the same
-with a real node (kubelet, containerd, scheduler, controller-manager), one per machine."""
+webhook server registered with the apiserver by URL on 127.0.0.1; for tests marked `node`, a real node
+(kubelet, containerd, scheduler, controller-manager), one per machine, with the operator as `spo up`
+runs it."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from reconciler.webhook_config import (
     desired_validating_configuration,
 )
 from spo import localcluster, node
-from spo.bringup import start_agent, start_webhook, stop_all
+from spo.bringup import start_agent, start_reconciler, start_webhook, stop_all
 from spo.processes import stop_process
 
 # The machines tests run on are shared and loaded: how long an example takes says nothing about the code,
@@ -132,7 +133,8 @@ NODE_LOCK_WAIT_SECONDS = 3600.0
 
 @dataclass
 class NodeCluster:
-    """A running control plane with a Ready node, the webhook registered and the node's agent."""
+    """A running control plane with a Ready node and the operator as `spo up` runs it: the webhook, the
+    reconciler and the node's agent."""
 
     cluster: localcluster.ControlPlane
     node: node.Node
@@ -185,14 +187,16 @@ class NodeSlot:
             localcluster.install_crds(kube, manifests.crds.all_crds())
             localcluster.ensure_namespace(kube, constants.DEFAULT_NAMESPACE)
             server = start_webhook_server(cluster, localcluster.free_port())
-            register_webhooks(cluster, kube, server.url)
-            # As `spo up`: the node's agent writes profiles where this node's kubelet reads them.
+            # As `spo up`: the reconciler registers the webhooks and keeps the profiles' statuses and
+            # finalizers, the node's agent writes profiles where this node's kubelet reads them.
+            start_reconciler(cluster, constants.DEFAULT_NAMESPACE, server.url)
             start_agent(
                 cluster,
                 local_node.name,
                 local_node.paths.kubelet_root,
                 constants.DEFAULT_NAMESPACE,
                 localcluster.free_port(),
+                selinux_dir=local_node.paths.selinux_dir,
             )
         except BaseException:
             self._stop(cluster, node_binaries)

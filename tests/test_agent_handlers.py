@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,14 @@ import pytest
 from agent.handlers import SeccompHandler
 from api import constants
 from api.baseprofiles import builtin_spec
-from api.types import ProfileState, SeccompProfile, SeccompProfileSpec, SPODSpec
+from api.types import (
+    ProfileState,
+    SeccompProfile,
+    SeccompProfileSpec,
+    SecurityProfilesOperatorDaemon,
+    SelinuxProfile,
+    SPODSpec,
+)
 
 
 class FakeView:
@@ -21,6 +29,12 @@ class FakeView:
 
     def spod_spec(self) -> SPODSpec:
         return self._spod
+
+    def spod(self) -> SecurityProfilesOperatorDaemon | None:
+        return None
+
+    def selinux_profiles(self) -> Mapping[str, SelinuxProfile]:
+        return {}
 
     def seccomp_spec(self, name: str) -> SeccompProfileSpec | None:
         return self._profiles.get(name) or builtin_spec(name)

@@ -22,13 +22,22 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agent.seccomp_logic import render
+from agent.selinux import COMPILED_NOT_LOADED, SELINUX_MODE_COMPILE_ONLY
 from api import constants
-from api.kinds import NODE_STATUS, SECCOMP_PROFILE, SPOD
-from api.types import SeccompProfileSpec, default_spod, heartbeat_lease_name, node_finalizer
+from api.kinds import NODE_STATUS, RAW_SELINUX_PROFILE, SECCOMP_PROFILE, SELINUX_PROFILE, SPOD, ResourceKind
+from api.types import (
+    SeccompProfileSpec,
+    SelinuxProfile,
+    default_spod,
+    heartbeat_lease_name,
+    node_finalizer,
+)
 from spo import localcluster
 from spo.bringup import start_agent
 from spo.processes import stop_process
+from tests.docs_examples import docs_objects
 from tests.kubectl import KUBECTL, kubectl
+from tests.test_selinux_cil import docs_cil
 
 WAIT_SECONDS = 120.0
 
@@ -47,6 +56,10 @@ class RunningAgent:
         return self.kubelet_dir / "seccomp" / constants.SECCOMP_OPERATOR_DIR
 
     @property
+    def selinux_dir(self) -> Path:
+        return self.kubelet_dir.parent / "selinux.d"
+
+    @property
     def process_name(self) -> str:
         return f"agent-{self.node}"
 
@@ -58,6 +71,9 @@ class RunningAgent:
             constants.DEFAULT_NAMESPACE,
             self.port,
             name=self.process_name,
+            selinux_dir=self.selinux_dir,
+            # This machine has no SELinux: the agent compiles policies with secilc, loads none.
+            selinux_mode=SELINUX_MODE_COMPILE_ONLY,
         )
 
     def kill(self) -> None:
@@ -83,10 +99,12 @@ def custom(kube: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube)
 
 
-def get_profile(kube: client.ApiClient, name: str) -> dict[str, Any] | None:
+def get_profile(
+    kube: client.ApiClient, name: str, kind: ResourceKind = SECCOMP_PROFILE
+) -> dict[str, Any] | None:
     try:
         found: dict[str, Any] = custom(kube).get_cluster_custom_object(  # type: ignore[assignment]
-            constants.GROUP, SECCOMP_PROFILE.version, SECCOMP_PROFILE.plural, name
+            constants.GROUP, kind.version, kind.plural, name
         )
         return found
     except ApiException as error:
@@ -142,27 +160,28 @@ def seccomp_profile(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def release_node(kube: client.ApiClient, node: str) -> None:
-    """What the reconciler does for a node that is gone: drop its finalizer from every profile, so
-    profiles of other tests in this session can still be deleted."""
+    """What the reconciler does for a node that is gone: drop its finalizer from every profile of every
+    kind the agent installs, so profiles of other tests in this session can still be deleted."""
     finalizer = node_finalizer(node)
-    listing: dict[str, Any] = custom(kube).list_cluster_custom_object(  # type: ignore[assignment]
-        constants.GROUP, SECCOMP_PROFILE.version, SECCOMP_PROFILE.plural
-    )
-    for item in listing["items"]:
-        finalizers = item["metadata"].get("finalizers") or []
-        if finalizer in finalizers:
-            index = finalizers.index(finalizer)
-            custom(kube).patch_cluster_custom_object(
-                constants.GROUP,
-                SECCOMP_PROFILE.version,
-                SECCOMP_PROFILE.plural,
-                item["metadata"]["name"],
-                [
-                    {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
-                    {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-                ],
-                _content_type="application/json-patch+json",
-            )
+    for kind in (SECCOMP_PROFILE, SELINUX_PROFILE, RAW_SELINUX_PROFILE):
+        listing: dict[str, Any] = custom(kube).list_cluster_custom_object(  # type: ignore[assignment]
+            constants.GROUP, kind.version, kind.plural
+        )
+        for item in listing["items"]:
+            finalizers = item["metadata"].get("finalizers") or []
+            if finalizer in finalizers:
+                index = finalizers.index(finalizer)
+                custom(kube).patch_cluster_custom_object(
+                    constants.GROUP,
+                    kind.version,
+                    kind.plural,
+                    item["metadata"]["name"],
+                    [
+                        {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+                        {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+                    ],
+                    _content_type="application/json-patch+json",
+                )
 
 
 @pytest.fixture
@@ -429,3 +448,91 @@ def test_a_deleted_node_status_comes_back(agent: RunningAgent) -> None:
         "a new node status",
     )
     wait_state(agent.kube, name, agent.node, "Installed")
+
+
+def manifest(kind: ResourceKind, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {"name": name}, "spec": spec}
+
+
+def delete_and_wait_gone(agent: RunningAgent, kind: ResourceKind, name: str) -> None:
+    """Deleting a SELinux profile removes its policy file, this node's status and (then) the profile."""
+    kubectl(agent.cluster.kubeconfig, "delete", kind.plural, name, "--wait=false")
+    wait_for(lambda: get_profile(agent.kube, name, kind) is None, f"{name} to be deleted")
+    assert not (agent.selinux_dir / f"{name}.cil").exists()
+    assert node_status(agent.kube, name, agent.node) is None
+
+
+def test_docs_nginx_secure_is_compiled_not_loaded(agent: RunningAgent) -> None:
+    """Docs 7.7.1 on a node without SELinux: the docs' CIL in <selinux-dir>, Installed, and the status
+    says it was compiled, not loaded. The name is the docs' own: the CIL block is named after it."""
+    docs = next(o for o in docs_objects() if o["kind"] == SelinuxProfile.KIND and "allow" in o["spec"])
+    name = docs["metadata"]["name"]
+    apply(agent.cluster.kubeconfig, docs)
+    status = wait_state(agent.kube, name, agent.node, "Installed")
+    assert status["message"] == COMPILED_NOT_LOADED and "not loaded" in status["message"]
+    assert status["metadata"]["labels"][constants.LABEL_PROFILE_KIND] == SelinuxProfile.KIND
+    assert (agent.selinux_dir / f"{name}.cil").read_text() == docs_cil(f"{name}.cil")
+    profile = get_profile(agent.kube, name, SELINUX_PROFILE)
+    assert profile is not None and node_finalizer(agent.node) in profile["metadata"]["finalizers"]
+    metrics = agent.get(constants.PATH_METRICS_SPOD)
+    assert 'security_profiles_operator_selinux_profile_total{operation="update"}' in metrics
+
+    delete_and_wait_gone(agent, SELINUX_PROFILE, name)
+    assert 'security_profiles_operator_selinux_profile_total{operation="delete"}' in agent.get(
+        constants.PATH_METRICS_SPOD
+    )
+
+
+def test_an_unknown_permission_is_an_error_with_secilcs_message(agent: RunningAgent) -> None:
+    name = unique("typo")
+    typo = {"allow": {"@self": {"tcp_socket": ["frobnicate"]}}}
+    apply(agent.cluster.kubeconfig, manifest(SELINUX_PROFILE, name, typo))
+    status = wait_state(agent.kube, name, agent.node, "Error")
+    assert "secilc failed" in status["message"]
+    assert "Failed to resolve permission frobnicate" in status["message"]
+    assert not (agent.selinux_dir / f"{name}.cil").exists()
+    metrics = agent.get(constants.PATH_METRICS_SPOD)
+    assert (
+        'security_profiles_operator_selinux_profile_error_total{reason="CannotInstallSelinuxPolicy"}'
+        in metrics
+    )
+    delete_and_wait_gone(agent, SELINUX_PROFILE, name)
+
+
+def test_raw_selinux_profile_is_installed_and_removed(agent: RunningAgent) -> None:
+    name = unique("raw")
+    policy = f"(blockinherit container)\n(allow process {name}.process (tcp_socket (listen)))\n"
+    apply(agent.cluster.kubeconfig, manifest(RAW_SELINUX_PROFILE, name, {"policy": policy}))
+    status = wait_state(agent.kube, name, agent.node, "Installed")
+    assert status["message"] == COMPILED_NOT_LOADED
+    assert f"(block {name}" in (agent.selinux_dir / f"{name}.cil").read_text()
+    delete_and_wait_gone(agent, RAW_SELINUX_PROFILE, name)
+
+
+def test_restart_removes_the_policy_of_a_profile_deleted_meanwhile(agent: RunningAgent) -> None:
+    """Restart safety for SELinux: a policy whose profile is gone is removed on start, and a profile
+    of the other SELinux kind keeps its policy (both kinds share the directory)."""
+    kept, gone = unique("kept"), unique("gone")
+    raw_policy = "(blockinherit container)\n"
+    apply(agent.cluster.kubeconfig, manifest(RAW_SELINUX_PROFILE, kept, {"policy": raw_policy}))
+    apply(agent.cluster.kubeconfig, manifest(SELINUX_PROFILE, gone, {}))
+    wait_state(agent.kube, kept, agent.node, "Installed")
+    wait_state(agent.kube, gone, agent.node, "Installed")
+    agent.stop()
+    release_node(agent.kube, agent.node)
+    kubectl(agent.cluster.kubeconfig, "delete", SELINUX_PROFILE.plural, gone)
+    assert (agent.selinux_dir / f"{gone}.cil").exists()
+
+    agent.start()
+    wait_for(lambda: not (agent.selinux_dir / f"{gone}.cil").exists(), f"{gone}.cil to be removed")
+    assert (agent.selinux_dir / f"{kept}.cil").exists()
+    # release_node took the finalizer off `kept` too; deleting it before the agent puts it back would
+    # race the agent's cleanup with the assertions.
+    finalizer = node_finalizer(agent.node)
+
+    def finalized() -> bool:
+        found = get_profile(agent.kube, kept, RAW_SELINUX_PROFILE)
+        return found is not None and finalizer in (found["metadata"].get("finalizers") or [])
+
+    wait_for(finalized, f"{kept} to carry {finalizer} again")
+    delete_and_wait_gone(agent, RAW_SELINUX_PROFILE, kept)

@@ -12,9 +12,10 @@ import yaml
 from api import constants
 from api.baseprofiles import BUILTIN_SYSCALLS
 from tests.conftest import NodeCluster
-from tests.e2e.test_agent import wait_state
+from tests.e2e.test_agent import node_status, wait_state
 from tests.e2e.test_node import _exec, _localhost, _pod, _run
 from tests.e2e.test_webhooks import _docs_object
+from tests.eventually import eventually
 from tests.kubectl import kubectl, kubectl_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
@@ -52,18 +53,59 @@ def _node_name(cluster: NodeCluster) -> str:
     return cluster.node.name
 
 
-def test_docs_profile1_installed_and_test_pod_runs(node_cluster: NodeCluster, node_namespace: str) -> None:
-    """Docs 7.6.1-7.6.2 typed as a user: apply profile1, the node reports it Installed with the file in
-    the kubelet's seccomp directory, and the docs' test-pod runs under it."""
-    config = node_cluster.kubeconfig
+def test_docs_profile1_installed_used_and_deleted(node_cluster: NodeCluster, node_namespace: str) -> None:
+    """Docs 7.6.1-7.6.2 typed as a user: apply profile1, `kubectl get sp profile1 -o wide` shows it
+    Installed at `operator/profile1.json`, the file is in the kubelet's seccomp directory and the docs'
+    test-pod runs under it. Deleting profile1 while test-pod uses it leaves it Terminating with its
+    file; deleting the pod lets the profile, its file and its node status go."""
+    config, node_name = node_cluster.kubeconfig, _node_name(node_cluster)
+    profile_file = node_cluster.seccomp_dir / "profile1.json"
     kubectl(config, "apply", "-f", "-", stdin=yaml.safe_dump(_docs_object("SeccompProfile", "profile1")))
-    wait_state(node_cluster.kube, "profile1", _node_name(node_cluster), "Installed")
-    assert (node_cluster.seccomp_dir / "profile1.json").read_bytes() == b'{"defaultAction":"SCMP_ACT_LOG"}'
+    wait_state(node_cluster.kube, "profile1", node_name, "Installed")
+    eventually(
+        lambda: "Installed" in kubectl(config, "get", "sp", "profile1", "-o", "wide").stdout,
+        timeout=120,
+        what="profile1 Installed as the reconciler aggregates it",
+    )
+    header, row = kubectl(config, "get", "sp", "profile1", "-o", "wide").stdout.splitlines()
+    assert dict(zip(header.split(), row.split(), strict=True)) == {
+        "NAME": "profile1", "STATUS": "Installed", "AGE": row.split()[2],
+        "LOCALHOSTPROFILE": "operator/profile1.json",
+    }  # fmt: skip
+    assert profile_file.read_bytes() == b'{"defaultAction":"SCMP_ACT_LOG"}'
     _run(node_cluster, node_namespace, DOCS_TEST_POD)
     pod = kubectl_json(config, "-n", node_namespace, "get", "pod", "test-pod")
     assert pod["status"]["phase"] == "Running"
     status = _exec(node_cluster, node_namespace, "test-pod", "cat", "/proc/1/status").stdout
     assert "Seccomp:\t2" in status.splitlines()
+
+    eventually(
+        lambda: (
+            constants.FINALIZER_IN_USE
+            in kubectl_json(config, "get", "sp", "profile1")["metadata"].get("finalizers", [])
+        ),
+        what="the in-use finalizer on profile1",
+    )
+    kubectl(config, "delete", "sp", "profile1", "--wait=false")
+    eventually(
+        lambda: (
+            kubectl_json(config, "get", "sp", "profile1").get("status", {}).get("status") == "Terminating"
+        ),
+        what="profile1 Terminating",
+    )
+    shown = kubectl_json(config, "get", "sp", "profile1")
+    assert shown["status"]["activeWorkloads"] == [f"{node_namespace}/test-pod"]
+    assert profile_file.exists()
+    assert "Seccomp:\t2" in _exec(node_cluster, node_namespace, "test-pod", "cat", "/proc/1/status").stdout
+
+    kubectl(config, "-n", node_namespace, "delete", "pod", "test-pod")
+    eventually(
+        lambda: kubectl(config, "get", "sp", "profile1", check=False).returncode != 0,
+        timeout=120,
+        what="profile1 gone after its pod",
+    )
+    assert not profile_file.exists()
+    assert node_status(node_cluster.kube, "profile1", node_name) is None
 
 
 @pytest.mark.parametrize("base", ["runc-v1.0.0", "runc-v1.4.2"])

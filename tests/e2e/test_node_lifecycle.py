@@ -20,7 +20,7 @@ from tests.kubectl import kubectl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
-NODE_EXECUTABLES = {"kubelet", "containerd", "containerd-shim-runc-v2", "runc", "pause"}
+NODE_EXECUTABLES = {"kubelet", "containerd", "containerd-shim-runc-v2", "runc", "pause", "auditd"}
 
 
 @pytest.fixture
@@ -53,6 +53,7 @@ def _host_traces() -> dict[str, list[str]]:
         "cgroups": sorted(str(p) for p in cgroups.glob(f"*/{constants.KUBEPODS_CGROUP}")),
         "host directories": [d for d in constants.NODE_HOST_DIRS if Path(d).exists()],
         "sysctls": [f"{n}={sysctl_path(n).read_text().strip()}" for n in constants.NODE_SYSCTLS],
+        "audit": [line for line in _lines("auditctl", "-s") if line.startswith(("pid", "backlog_limit"))],
     }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 import certs
 from api import constants, kinds
+from api.baseprofiles import BUILTIN_SYSCALLS
 from api.types import SPODSpec
 from reconciler import spod as spod_config
 from reconciler.cli import build_manager
@@ -169,6 +170,64 @@ def test_default_spod_is_created_configured_and_running(reconciler: Reconciler) 
     assert constants.FINALIZER_SPOD in spod["metadata"]["finalizers"]
     (ready,) = spod["status"]["conditions"]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "Creating")
+
+
+def test_the_builtin_base_profiles_are_created_and_a_users_own_is_kept(
+    request: pytest.FixtureRequest, kube: client.ApiClient
+) -> None:
+    """The docs' 7.8.2 `baseProfileName: runc-v1.0.0` works out of the box; a user's own `runc-v1.0.0`
+    (created before the reconciler starts) is not replaced."""
+    sp = kinds.SECCOMP_PROFILE
+    objects = client.CustomObjectsApi(kube)
+    own = "runc-v1.0.0"
+    try:
+        objects.delete_cluster_custom_object(sp.group, sp.version, sp.plural, own)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    eventually(lambda: own not in _seccomp_profiles(kube), what="no runc-v1.0.0 before the test")
+    users = {"defaultAction": "SCMP_ACT_LOG"}
+    body = {"apiVersion": sp.api_version, "kind": sp.kind, "metadata": {"name": own}, "spec": users}
+    objects.create_cluster_custom_object(sp.group, sp.version, sp.plural, body)
+
+    request.getfixturevalue("reconciler")
+    names = set(BUILTIN_SYSCALLS)
+    eventually(lambda: names <= set(_seccomp_profiles(kube)), what="every built-in base profile")
+    found = _seccomp_profiles(kube)
+    assert found[own]["spec"]["defaultAction"] == "SCMP_ACT_LOG" and "syscalls" not in found[own]["spec"]
+    assert constants.LABEL_BUILTIN_BASE_PROFILE not in (found[own]["metadata"].get("labels") or {})
+    for name in names - {own}:
+        assert found[name]["metadata"]["labels"][constants.LABEL_BUILTIN_BASE_PROFILE] == "true"
+        assert found[name]["spec"]["syscalls"][0]["action"] == "SCMP_ACT_ALLOW"
+
+
+def test_the_log_enricher_brings_its_trace_profile(reconciler: Reconciler, kube: client.ApiClient) -> None:
+    """Docs 7.6.3: with `enableLogEnricher: true` the recording webhook's `log-enricher-trace` profile
+    exists (everything logged), and it comes back if deleted."""
+    sp = kinds.SECCOMP_PROFILE
+    trace = constants.LOG_ENRICHER_TRACE_PROFILE
+    objects = client.CustomObjectsApi(kube)
+    try:
+        objects.delete_cluster_custom_object(sp.group, sp.version, sp.plural, trace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    reconciler.patch({"spec": {"enableLogEnricher": True}})
+    eventually(lambda: trace in _seccomp_profiles(kube), what="the trace profile")
+    found = _seccomp_profiles(kube)[trace]
+    assert found["spec"]["defaultAction"] == "SCMP_ACT_LOG" and "syscalls" not in found["spec"]
+    objects.delete_cluster_custom_object(sp.group, sp.version, sp.plural, trace)
+    reconciler.patch({"spec": {"verbosity": 1}})
+    eventually(
+        lambda: (_seccomp_profiles(kube).get(trace) or found)["metadata"]["uid"] != found["metadata"]["uid"],
+        what="a new trace profile",
+    )
+
+
+def _seccomp_profiles(kube: client.ApiClient) -> dict[str, dict[str, Any]]:
+    sp = kinds.SECCOMP_PROFILE
+    listing: Any = client.CustomObjectsApi(kube).list_cluster_custom_object(sp.group, sp.version, sp.plural)
+    return {item["metadata"]["name"]: item for item in listing["items"]}
 
 
 @pytest.mark.parametrize("entry", spod_patches(), ids=lambda e: e["section"])
