@@ -71,6 +71,42 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+_APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+
+
+def server_side_apply(
+    api: client.ApiClient,
+    kind: Watchable,
+    obj: dict[str, Any],
+    field_manager: str,
+    *,
+    namespaced: bool,
+    subresource: str = "",
+    force: bool = True,
+) -> dict[str, Any]:
+    """Server-side apply ``obj`` (of a kind served under /apis) as ``field_manager``; returns the object
+    as stored. ``obj`` holds exactly the fields that manager owns: a field it applied before and leaves
+    out now is removed, a field another manager set is kept; ``force`` takes over fields another manager
+    changed, right for fields only this manager may write (ARCHITECTURE.md: one writer per field)."""
+    objects = client.CustomObjectsApi(api)
+    options: dict[str, Any] = {
+        "field_manager": field_manager,
+        "force": force,
+        "field_validation": "Strict",
+        "_content_type": _APPLY_CONTENT_TYPE,
+        # The client only decodes 200 answers; an apply that creates answers 201.
+        "_preload_content": False,
+    }
+    args: tuple[str, ...] = (kind.group, kind.version)
+    if namespaced:
+        args += (obj["metadata"]["namespace"],)
+    args += (kind.plural, obj["metadata"]["name"])
+    scope = "namespaced" if namespaced else "cluster"
+    call = getattr(objects, f"patch_{scope}_custom_object{'_' + subresource if subresource else ''}")
+    result: dict[str, Any] = json.loads(call(*args, obj, **options).data)
+    return result
+
+
 class ResourceCache(Generic[R]):
     """An in-memory, always-parsed copy of every object of one kind, kept by list+watch.
 
@@ -79,7 +115,8 @@ class ResourceCache(Generic[R]):
     handlers added with add_event_handler hear every change. A watch event costs O(1) whatever
     the number of objects: the namespace grouping and the indexes (add_index) are updated for the
     one object that changed, and a group's tuple is built again only when a reader asks for it.
-    `label_selector` restricts what is listed and watched (the pod watch under memory optimisation)."""
+    `label_selector` and `field_selector` restrict what is listed and watched (the agent's watch of its
+    node's pods: `spec.nodeName=<node>`, label-selected under memory optimisation)."""
 
     def __init__(
         self,
@@ -87,7 +124,9 @@ class ResourceCache(Generic[R]):
         kind: Watchable,
         model: type[R],
         namespace: str | None = None,
+        *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> None:
         """``namespace``: watch that namespace only (where a Role, not a ClusterRole, grants reading)."""
         self._api = api
@@ -96,6 +135,7 @@ class ResourceCache(Generic[R]):
         self._namespace = namespace
         self._model = model
         self._label_selector = label_selector
+        self._field_selector = field_selector
         self._objects: dict[str, R] = {}
         self._by_namespace: _Groups[R] = _Groups()
         self._invalid: dict[str, InvalidObject] = {}
@@ -190,6 +230,8 @@ class ResourceCache(Generic[R]):
     def _list_call(self, **kwargs: Any) -> Any:
         if self._label_selector:
             kwargs["label_selector"] = self._label_selector
+        if self._field_selector:
+            kwargs["field_selector"] = self._field_selector
         if not self._kind.group:
             # The core group has no generic list in the client, only methods per kind (pods here).
             core = client.CoreV1Api(self._api)
