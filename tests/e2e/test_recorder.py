@@ -472,3 +472,19 @@ def test_an_unreadable_state_file_is_a_counted_skip(state: Path) -> None:
     (state / "1c2d3e4f-foreign.json").write_text('{"pod": {"name": "x"}}')
     recorder = Recorder(client.ApiClient(), NODE, state, CollectorRegistry())
     assert _skipped(recorder, "UnreadableState") == 2
+
+
+def test_a_pod_that_succeeded_is_collected_without_being_deleted(
+    recorder: Recorder, kube: client.ApiClient, namespace: str
+) -> None:
+    recording = f"test-recording-{uuid.uuid4().hex[:6]}"
+    _create_recording(kube, namespace, recording)
+    pod = _create_pod(kube, namespace, "job", {f"{LOGS}nginx": _trace(recording, "nginx")}, ("nginx",))
+    recorder.observe_pod(pod)
+    recorder.record_syscall(namespace, "job", "nginx", "exit_group")
+    core = client.CoreV1Api(kube)
+    core.patch_namespaced_pod_status("job", namespace, {"status": {"phase": "Succeeded"}})
+    succeeded: Any = core.read_namespaced_pod("job", namespace, _preload_content=False)
+    recorder.observe_pod(json.loads(succeeded.data))
+    eventually(lambda: _profile(kube, f"{recording}-nginx") is not None, TIMEOUT, "the profile")
+    assert (_profile(kube, f"{recording}-nginx") or {})["spec"]["syscalls"][0]["names"] == ["exit_group"]
