@@ -48,15 +48,27 @@ _MAX_BACKOFF_SECONDS = 30.0
 _HTTP_GONE = 410
 
 
+# Connections the client keeps open for requests (a watch holds its own while it streams). A request
+# that finds none idle opens a new TLS connection, and one given back to a full pool is closed
+# ("Connection pool is full"): the pool must hold one per thread that makes requests, the
+# reconciler's workers above all. The client's default, 5 per CPU, is 5 on a one-CPU machine.
+CONNECTION_POOL_SIZE = 32
+
+
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """A client for the kubeconfig given (or $KUBECONFIG / ~/.kube/config), else the in-cluster one."""
+    configuration = client.Configuration()
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
     try:
-        return cast(client.ApiClient, config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+        return cast(
+            client.ApiClient,
+            config.new_client_from_config(config_file=kubeconfig, client_configuration=configuration),  # type: ignore[no-untyped-call]
+        )
     except config.ConfigException:
         if kubeconfig:
             raise
-    config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
 
 
 _APPLY_CONTENT_TYPE = "application/apply-patch+yaml"

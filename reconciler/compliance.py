@@ -59,16 +59,25 @@ def _base_chain(name: str | None, base_spec: Callable[[str], SeccompProfileSpec 
     return found
 
 
-def to_delete(profiles: Iterable[SeccompProfile], daemon: SPODSpec) -> list[tuple[str, list[str]]]:
-    """The profiles that break the spod's lists and are not being deleted yet, with the reasons."""
-    by_name = {p.metadata.name: p for p in profiles}
+def to_delete(
+    candidates: Iterable[SeccompProfile],
+    daemon: SPODSpec,
+    lookup: Callable[[str], SeccompProfile | None],
+) -> list[tuple[str, list[str]]]:
+    """The candidates that break the spod's lists and are not being deleted yet, with the reasons;
+    `lookup` finds any profile by name (the base profiles)."""
+    if not daemon.allowed_syscalls:
+        # Nothing is restricted (the default): this runs on every profile event, so not one profile
+        # is looked at, or each event would cost a pass over all of them.
+        return []
 
     def base(name: str) -> SeccompProfileSpec | None:
-        profile = by_name.get(name)
+        profile = lookup(name)
         return profile.spec if profile is not None else None
 
     found = []
-    for name, profile in sorted(by_name.items(), key=lambda item: item[0] or ""):
+    for profile in sorted(candidates, key=lambda p: p.metadata.name or ""):
+        name = profile.metadata.name
         if profile.metadata.deletion_timestamp or name is None:
             continue
         reasons = violations(profile.spec, daemon, base)

@@ -3,6 +3,7 @@ allowedSeccompActions check (reconciler/compliance.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -261,9 +262,28 @@ def test_to_delete_counts_base_profiles_and_skips_profiles_already_deleting() ->
     base.spec.base_profile_name = "root"
     deleting = _seccomp("deleting", [{"action": "SCMP_ACT_ALLOW", "names": ["bpf"]}])
     deleting.metadata.deletion_timestamp = "2026-12-03T09:00:00Z"
-    found = to_delete([base, base_of_base, child, deleting], ALLOWED)
+    profiles = {p.metadata.name: p for p in (base, base_of_base, child, deleting)}
+    found = to_delete(profiles.values(), ALLOWED, profiles.get)
     assert found == [
         ("base", ["syscall not allowed: bpf"]),
         ("child", ["syscall not allowed: bpf"]),
         ("root", ["syscall not allowed: bpf"]),
     ]
+
+
+class _Untouchable:
+    def __iter__(self) -> Iterator[SeccompProfile]:
+        raise AssertionError("profiles iterated although the spod restricts nothing")
+
+
+def test_to_delete_looks_at_no_profile_when_nothing_is_restricted() -> None:
+    # It runs on every profile event: a pass over all profiles each time would be quadratic.
+    assert to_delete(_Untouchable(), SPODSpec(), lambda _: None) == []
+
+
+def test_to_delete_checks_only_the_candidates_and_looks_their_bases_up() -> None:
+    # A profile's own event checks that profile alone; its base comes from the lookup.
+    base = _seccomp("base", [{"action": "SCMP_ACT_ALLOW", "names": ["bpf"]}])
+    child = _seccomp("child", [])
+    child.spec.base_profile_name = "base"
+    assert to_delete([child], ALLOWED, {"base": base}.get) == [("child", ["syscall not allowed: bpf"])]

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
+from api.kube import api_client
+from reconciler.cli import build_manager
+from reconciler.profiles_controller import PROFILE_WORKERS
 from reconciler.runtime import LeaseTiming, WorkQueue, split_key
+from spo.cli import build_parser
+from tests.test_webhook_tls import UNREACHABLE_KUBECONFIG
 
 
 def test_a_key_added_twice_is_queued_once() -> None:
@@ -96,3 +102,15 @@ def test_lease_timing_keeps_the_renew_deadline_inside_the_lease(
 @pytest.mark.parametrize(("key", "parts"), [("ns/a", ("ns", "a")), ("/cluster", ("", "cluster"))])
 def test_split_key(key: str, parts: tuple[str, str]) -> None:
     assert split_key(key) == parts
+
+
+def test_the_client_keeps_a_connection_for_every_worker(tmp_path: Path) -> None:
+    # With fewer, the workers' requests would open and close a TLS connection each time.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(UNREACHABLE_KUBECONFIG)
+    command = ["reconciler", "--kubeconfig", str(kubeconfig), "--ca-file", str(tmp_path / "ca.crt")]
+    args = build_parser().parse_args([*command, "--webhook-url", "https://127.0.0.1:1"])
+    workers = sum(controller.workers for controller in build_manager(args).controllers)
+    pool = api_client(str(kubeconfig)).rest_client.pool_manager.connection_pool_kw["maxsize"]
+    assert workers > PROFILE_WORKERS
+    assert pool >= workers
