@@ -138,7 +138,6 @@ JSON_ENRICHER_LOG_DIR: Final = "/data/logs/jsonenricher"
 
 # --- node paths ---------------------------------------------------------------------------------
 KUBELET_DIR: Final = "/var/lib/kubelet"
-AUDIT_LOG: Final = "/var/log/audit/audit.log"
 SECCOMP_OPERATOR_DIR: Final = "operator"  # below <kubelet>/seccomp
 # Seccomp actions ranked most restrictive first (KILL and KILL_THREAD are the same action): a union of
 # profiles keeps the less restrictive action of a syscall (base profiles, recording merge).
@@ -164,6 +163,8 @@ UDICA_TEMPLATES_DIR: Final = "usr/share/udica/templates"  # inside the udica Pyt
 UDICA_BASE_TEMPLATE: Final = "base_container.cil"  # declares the `container` block
 AUDIT_LOG_PATH: Final = "/var/log/audit/audit.log"
 SYSLOG_PATH: Final = "/var/log/syslog"
+# The kernel's log as records: the audit source for hosts without auditd (kauditd prints there).
+KMSG_PATH: Final = "/dev/kmsg"
 RECORDINGS_DIR: Final = "/tmp/security-profiles-operator-recordings"
 WEBHOOK_CERT_DIR: Final = "/tmp/k8s-webhook-server/serving-certs"
 
@@ -297,3 +298,52 @@ CONDITION_READY: Final = "Ready"
 NODE_AUDIT_BACKLOG_LIMIT: Final = 8192
 NODE_AUDIT_LOG_MAX_MB: Final = 64
 NODE_AUDIT_LOG_FILES: Final = 5
+
+# --- audit attribution and the log enricher (agent/attribution.py, agent/enricher.py) ------------
+# With memory optimisation the agent's pod watch sees only pods carrying this label value (docs 7.8.3).
+ENABLE_RECORDING_LABEL_VALUE: Final = "true"
+FIELD_SELECTOR_POD_NODE_NAME: Final = "spec.nodeName"
+# pid -> container id cache (upstream: 1000 entries); entries carry the process start time.
+PID_CACHE_MAX_ENTRIES: Final = 1000
+CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
+# Events of containers whose pod is not known yet wait this long at most, this many in all: a
+# container's id reaches its pod's status within seconds of its start, the rest is another runtime's
+# container (never a pod's) or a pod deleted meanwhile.
+BACKLOG_MAX_EVENTS: Final = 10000
+BACKLOG_MAX_AGE_SECONDS: Final = 300.0
+# The spod's logEnricherFilters / jsonEnricherFilters levels: Metadata emits the line, None drops it.
+ENRICHER_LEVEL_METADATA: Final = "Metadata"
+ENRICHER_LEVEL_NONE: Final = "None"
+# The log enricher's line: `"audit" logger="log-enricher" timestamp=... type="seccomp" ...` (inventory §6.3).
+LOG_ENRICHER_LOGGER: Final = "log-enricher"
+LOG_ENRICHER_MESSAGE: Final = "audit"
+AUDIT_TYPE_SECCOMP: Final = "seccomp"
+AUDIT_TYPE_SELINUX: Final = "selinux"
+
+# --- JSON enricher (advanced audit logging, docs 7.9) ------------------------------------------------
+JSON_AUDIT_VERSION: Final = "spo/v1_alpha"  # every record's `version`
+# What 0 (or no value) in the spod's jsonEnricherOptions means (upstream's defaults).
+DEFAULT_AUDIT_LOG_INTERVAL_SECONDS: Final = 60
+DEFAULT_AUDIT_LOG_MAX_SIZE_MB: Final = 100
+# The audit log and its backups hold who ran what: readable by root only, as upstream (lumberjack) does.
+AUDIT_LOG_FILE_MODE: Final = 0o600
+AUDIT_LOG_DIR_MODE: Final = 0o700
+# Backups are `<base>-<UTC time><ext>` beside the log, the time as lumberjack spells it (Go layout
+# 2006-01-02T15-04-05.000).
+AUDIT_LOG_BACKUP_TIME_FORMAT: Final = "%Y-%m-%dT%H-%M-%S"
+# The files of <proc>/<pid> the enricher describes a process from.
+PROC_CMDLINE: Final = "cmdline"
+PROC_ENVIRON: Final = "environ"
+PROC_EXE: Final = "exe"
+PROC_STATUS: Final = "status"
+
+# --- audit lines (agent/auditline.py) -------------------------------------------------------------
+# Record types as auditd names them in audit.log and as the kernel numbers them in its log.
+AUDIT_RECORD_SECCOMP: Final = "SECCOMP"
+AUDIT_RECORD_SECCOMP_NUMBER: Final = 1326
+AUDIT_RECORD_AVC: Final = "AVC"
+AUDIT_RECORD_AVC_NUMBER: Final = 1400
+# libseccomp names syscall numbers (Debian's libseccomp2; also in the operator image).
+LIBSECCOMP_SONAME: Final = "libseccomp.so.2"
+# What syscall_name() answers for a number libseccomp cannot name: `unknown-syscall(<arch>:<number>)`.
+UNKNOWN_SYSCALL_PREFIX: Final = "unknown-syscall"

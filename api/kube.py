@@ -67,7 +67,8 @@ class ResourceCache(Generic[R]):
     handlers added with add_event_handler hear every change. A watch event costs O(1) whatever
     the number of objects: the namespace grouping and the indexes (add_index) are updated for the
     one object that changed, and a group's tuple is built again only when a reader asks for it.
-    `label_selector` restricts what is listed and watched (the pod watch under memory optimisation)."""
+    `label_selector` and `field_selector` restrict what is listed and watched (the agent's watch of its
+    node's pods: `spec.nodeName=<node>`, label-selected under memory optimisation)."""
 
     def __init__(
         self,
@@ -75,7 +76,9 @@ class ResourceCache(Generic[R]):
         kind: Watchable,
         model: type[R],
         namespace: str | None = None,
+        *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> None:
         """``namespace``: watch that namespace only (where a Role, not a ClusterRole, grants reading)."""
         self._api = api
@@ -84,6 +87,7 @@ class ResourceCache(Generic[R]):
         self._namespace = namespace
         self._model = model
         self._label_selector = label_selector
+        self._field_selector = field_selector
         self._objects: dict[str, R] = {}
         self._by_namespace: _Groups[R] = _Groups()
         self._invalid: dict[str, InvalidObject] = {}
@@ -178,6 +182,8 @@ class ResourceCache(Generic[R]):
     def _list_call(self, **kwargs: Any) -> Any:
         if self._label_selector:
             kwargs["label_selector"] = self._label_selector
+        if self._field_selector:
+            kwargs["field_selector"] = self._field_selector
         if not self._kind.group:
             # The core group has no generic list in the client, only methods per kind (pods here).
             core = client.CoreV1Api(self._api)

@@ -5,8 +5,8 @@ The spod is created with the defaults when the reconciler starts and finds none 
 at start-up); a spod a user deleted stays deleted until the next start, so removing the operator
 by deleting its spod is not undone by the operator itself. The built-in base profiles (the docs'
 7.8.2 `baseProfileName: runc-v1.0.0`) are created at the same moment, each only if missing, so a user's
-own profile of that name is kept. With the log enricher on, the `log-enricher-trace` profile recorded
-containers run under is created too.
+own profile of that name is kept. With the log enricher on, the trace profile that recorded
+containers run under is created too (api.types.log_enricher_trace_profile).
 """
 
 from __future__ import annotations

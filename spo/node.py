@@ -193,7 +193,7 @@ class Node:
     binaries: Path
     name: str = field(default_factory=node_name)
     # Where the kernel's audit lines of this node's containers go, once started.
-    audit_log: Path = Path(constants.AUDIT_LOG)
+    audit_log: Path = Path(constants.AUDIT_LOG_PATH)
 
     @property
     def paths(self) -> NodePaths:
@@ -223,7 +223,7 @@ class Node:
         rate-limits them), unless the machine runs one already: then the node's lines are in its log.
         Returns the log the node's audit lines go to."""
         if audit_daemon_pid() is not None:
-            return Path(constants.AUDIT_LOG)
+            return Path(constants.AUDIT_LOG_PATH)
         paths = self.paths
         (paths.audit_dir / "plugins.d").mkdir(parents=True, exist_ok=True)
         config = paths.audit_dir / "auditd.conf"

@@ -1,0 +1,330 @@
+"""The node agent's audit pipeline: audit lines -> events -> containers -> the log enricher's lines, the
+recorder's syscalls and AVCs, and the JSON enricher's records.
+
+One thread (`audit`) owns the source, the parser's output, the pid cache and the JSON aggregator:
+
+    source (auditsource) -> parse (auditline) -> pid -> container id (attribution.ContainerIds)
+      -> container id -> pod (attribution.ContainerIndex, kept by the node's pod watch)
+      -> log enricher line (enricher), recorder (recorder.Recorder), JSON record (jsonaudit)
+
+An event whose container the index does not know yet (the pod watch has not seen its status) waits in a
+bounded backlog and is dispatched when the watch reports the container; host processes are never
+reported. What is dispatched follows the spod at the time of the event: `enableLogEnricher` (log lines,
+the audit counters, recording from logs), `enableJsonEnricher` (JSON records to stdout or
+`jsonEnricherOptions.auditLogPath`), and their filters; with both off the lines are read and dropped
+unparsed.
+
+Every step that touches the outside (the source, /proc, the writers) is in the modules named above; this
+module only joins them, so its rules are those of `Dispatch` (pure but for the outputs it is given).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from prometheus_client import CollectorRegistry, Counter
+
+from agent import enricher, jsonaudit, processinfo
+from agent.attribution import Backlog, ContainerIds, ContainerIndex, ContainerInfo
+from agent.auditline import AuditEvent, AvcEvent, SeccompEvent, Unparsable, parse_block
+from agent.syscalls import syscall_name
+from api import constants
+from api.types import JsonEnricherOptions, SPODSpec
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX = "security_profiles_operator_"
+# How often the audit thread flushes due JSON records and expires the backlog while lines keep coming.
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class BlockSource(Protocol):
+    def blocks(self, stop: threading.Event) -> Iterator[str]: ...
+
+
+class RecordingSink(Protocol):
+    """The recorder's audit-thread side (agent/recorder.py)."""
+
+    def record_syscall(self, namespace: str, pod: str, container: str, syscall: str) -> None: ...
+
+    def record_avc(
+        self, namespace: str, pod: str, container: str, *, perms: list[str], tcontext: str, tclass: str
+    ) -> None: ...
+
+
+class AuditMetrics:
+    """The audit counters of docs table 7.1 (labels as upstream; it has no `executable` label)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["node", "namespace", "pod", "container"]
+        self.seccomp = Counter(
+            f"{METRIC_PREFIX}seccomp_profile_audit",
+            "Counter about seccomp profile audits, requires the log enricher to be enabled.",
+            [*labels, "syscall"],
+            registry=registry,
+        )
+        self.selinux = Counter(
+            f"{METRIC_PREFIX}selinux_profile_audit",
+            "Counter about selinux profile audits, requires the log enricher to be enabled.",
+            [*labels, "scontext", "tcontext"],
+            registry=registry,
+        )
+        self.unparsable = Counter(
+            f"{METRIC_PREFIX}audit_unparsable_lines",
+            "Audit lines naming a SECCOMP or AVC record without the kernel's fields.",
+            ["type"],
+            registry=registry,
+        )
+
+
+@dataclass
+class _Filters:
+    """Parsed filters, kept until the spod's text changes (parsing per event would dominate)."""
+
+    text: str | None = None
+    rules: tuple[enricher.FilterRule, ...] = ()
+
+    def of(self, text: str | None, what: str) -> tuple[enricher.FilterRule, ...]:
+        if text != self.text:
+            self.text = text
+            try:
+                self.rules = enricher.parse_filters(text, what)
+            except enricher.FilterError as error:
+                # The reconciler reports a bad filter on the spod; meanwhile nothing is filtered out.
+                log.warning("ignoring %s: %s", what, error)
+                self.rules = ()
+        return self.rules
+
+
+@dataclass
+class Dispatch:
+    """What one attributed event becomes, by the spod's switches. Owned by the audit thread."""
+
+    node_name: str
+    proc: Path
+    recorder: RecordingSink | None
+    metrics: AuditMetrics
+    emit_line: Callable[[str], None]
+    open_json: Callable[[JsonEnricherOptions | None], jsonaudit.LineWriter] = jsonaudit.open_writer
+    _log_filters: _Filters = field(default_factory=_Filters)
+    _json_filters: _Filters = field(default_factory=_Filters)
+    _aggregator: jsonaudit.Aggregator | None = None
+    _writer: jsonaudit.LineWriter | None = None
+    _json_options: JsonEnricherOptions | None = None
+
+    def event(self, spec: SPODSpec, event: AuditEvent, info: ContainerInfo, start_time: int | None) -> None:
+        if isinstance(event, SeccompEvent):
+            self._seccomp(spec, event, info, start_time)
+        else:
+            self._avc(spec, event, info)
+
+    def _seccomp(self, spec: SPODSpec, event: SeccompEvent, info: ContainerInfo, start: int | None) -> None:
+        name = syscall_name(event.syscall, event.arch)
+        if spec.enable_log_enricher:
+            record = enricher.seccomp_record(
+                timestamp=event.audit_id,
+                node=self.node_name,
+                container=info,
+                executable=event.executable,
+                pid=event.pid,
+                syscall_id=event.syscall,
+                syscall_name=name,
+            )
+            if self._logged(spec, record):
+                self.metrics.seccomp.labels(
+                    self.node_name, info.namespace, info.pod, info.container, name
+                ).inc()
+            if info.seccomp_recording and self.recorder is not None:
+                self.recorder.record_syscall(info.namespace, info.pod, info.container, name)
+        if spec.enable_json_enricher:
+            self._json(spec, event, info, start, name)
+
+    def _avc(self, spec: SPODSpec, event: AvcEvent, info: ContainerInfo) -> None:
+        if not spec.enable_log_enricher:
+            return
+        record = enricher.selinux_record(
+            timestamp=event.audit_id,
+            node=self.node_name,
+            container=info,
+            perm=event.perm,
+            scontext=event.scontext,
+            tcontext=event.tcontext,
+            tclass=event.tclass,
+        )
+        if self._logged(spec, record):
+            self.metrics.selinux.labels(
+                self.node_name, info.namespace, info.pod, info.container, event.scontext, event.tcontext
+            ).inc()
+        if info.selinux_recording and self.recorder is not None:
+            self.recorder.record_avc(
+                info.namespace,
+                info.pod,
+                info.container,
+                perms=list(event.permissions),
+                tcontext=event.tcontext,
+                tclass=event.tclass,
+            )
+
+    def _logged(self, spec: SPODSpec, record: enricher.Record) -> bool:
+        """Print the log enricher's line unless its filters drop it; True when printed."""
+        if not enricher.emits(self._log_filters.of(spec.log_enricher_filters, "logEnricherFilters"), record):
+            return False
+        self.emit_line(enricher.render(record))
+        return True
+
+    def _json(
+        self, spec: SPODSpec, event: SeccompEvent, info: ContainerInfo, start: int | None, name: str
+    ) -> None:
+        aggregator = self._json_outputs(spec)
+        closed = aggregator.add(
+            pid=event.pid,
+            start_time=start,
+            syscall=name,
+            timestamp=float(event.timestamp),
+            uid=event.uid,
+            gid=event.gid,
+            executable=event.executable,
+            resource=jsonaudit.Resource(info.container, info.namespace, info.pod),
+            now=time.monotonic(),
+            describe=lambda: processinfo.describe(self.proc, event.pid),
+        )
+        self._write(spec, closed)
+
+    def _json_outputs(self, spec: SPODSpec) -> jsonaudit.Aggregator:
+        """The aggregator and writer for the spod's current options (a change flushes the old ones)."""
+        options = spec.json_enricher_options
+        if self._aggregator is None or options != self._json_options:
+            self.close(spec)
+            interval = options.audit_log_interval_seconds if options is not None else None
+            self._aggregator = jsonaudit.Aggregator(self.node_name, interval or 0)
+            self._writer = self.open_json(options)
+            self._json_options = options
+        return self._aggregator
+
+    def _write(self, spec: SPODSpec, records: Iterable[jsonaudit.Record]) -> None:
+        if self._writer is None:
+            return
+        rules = self._json_filters.of(spec.json_enricher_filters, "jsonEnricherFilters")
+        for record in records:
+            if enricher.emits(rules, record):
+                self._writer.write(jsonaudit.encode(record))
+
+    def flush(self, spec: SPODSpec) -> None:
+        """Write the JSON records whose interval has ended."""
+        if self._aggregator is not None:
+            self._write(spec, self._aggregator.flush(time.monotonic()))
+
+    def close(self, spec: SPODSpec) -> None:
+        """Write every open JSON record and close the writer."""
+        if self._aggregator is not None:
+            self._write(spec, self._aggregator.drain())
+        if self._writer is not None:
+            self._writer.close()
+        self._aggregator, self._writer = None, None
+
+
+class AuditPipeline:
+    """The audit thread: see the module docstring. `source` makes the audit source given the callback
+    it calls while idle; `new_containers` is called from the pod watch's thread."""
+
+    def __init__(
+        self,
+        source: Callable[[Callable[[], None]], BlockSource],
+        dispatch: Dispatch,
+        index: ContainerIndex,
+        spod_spec: Callable[[], SPODSpec],
+        proc: Path,
+    ) -> None:
+        self._source = source(self.housekeeping)
+        self._dispatch = dispatch
+        self._index = index
+        self._spec = spod_spec
+        self._pids = ContainerIds(proc)
+        self._backlog: Backlog[tuple[AuditEvent, int | None]] = Backlog()
+        self._known: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_housekeeping = 0.0
+
+    def new_containers(self, container_ids: list[str]) -> None:
+        self._known.put(container_ids)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._dispatch.close(self._spec())
+
+    def _run(self) -> None:
+        try:
+            for block in self._source.blocks(self._stop):
+                spec = self._spec()
+                if spec.enable_log_enricher or spec.enable_json_enricher:
+                    self._block(spec, block)
+                self.housekeeping()
+        except OSError as error:
+            log.error("the audit source failed, no more audit lines are read: %s", error)
+
+    def _block(self, spec: SPODSpec, block: str) -> None:
+        for event in parse_block(block):
+            if isinstance(event, Unparsable):
+                self._dispatch.metrics.unparsable.labels(event.record_type).inc()
+                continue
+            found = self._pids.lookup_process(event.pid)
+            if found is None:
+                continue  # a host process, or one gone before its line was read
+            container_id, start_time = found
+            info = self._index.get(container_id)
+            if info is None:
+                self._backlog.add(container_id, (event, start_time), time.monotonic())
+            else:
+                self._dispatch.event(spec, event, info, start_time)
+
+    def housekeeping(self) -> None:
+        """Dispatch the backlog of containers the watch now knows, flush due JSON records, expire the
+        backlog; at most once a second. Also the source's idle callback."""
+        now = time.monotonic()
+        if now - self._last_housekeeping < HOUSEKEEPING_SECONDS and self._known.empty():
+            return
+        self._last_housekeeping = now
+        spec = self._spec()
+        while not self._known.empty():
+            for container_id in self._known.get():
+                info = self._index.get(container_id)
+                for event, start_time in self._backlog.release(container_id, now):
+                    if info is not None:
+                        self._dispatch.event(spec, event, info, start_time)
+        self._backlog.expire(now)
+        self._dispatch.flush(spec)
+
+
+def stdout_lines(stream: TextIO | None = None) -> Callable[[str], None]:
+    """A thread-safe writer of whole lines to stdout (the log enricher's output, as upstream's)."""
+    out = stream if stream is not None else sys.stdout
+    lock = threading.Lock()
+
+    def emit(line: str) -> None:
+        with lock:
+            out.write(f"{line}\n")
+            out.flush()
+
+    return emit
+
+
+def audit_log_path(requested: Path) -> Path:
+    """auditd's log when it exists at start-up, else syslog (upstream's choice, inventory §6.1)."""
+    if requested.exists() or not Path(constants.SYSLOG_PATH).exists():
+        return requested
+    return Path(constants.SYSLOG_PATH)
