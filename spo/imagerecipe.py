@@ -92,6 +92,8 @@ RECIPE = Recipe(
         "/usr/share/info/*",
         "/usr/share/locale/*",
         "/usr/share/lintian/*",
+        # glibc's iconv charsets: Python brings its own codecs, and nothing in the image calls iconv.
+        "/usr/lib/*/gconv/*",
     ),
     python="3.11",
     requirements_source="hack/image/requirements.txt",
@@ -133,11 +135,14 @@ def base_setup(recipe: Recipe) -> str:
     Adds the image's user, and recompiles the standard library's .pyc files to be checked by hash, not
     by the source's mtime: the offline layers fix every mtime, which would make timestamp .pyc files
     stale, so every start of a non-root, read-only container would compile the standard library again.
+    Removes the policy store and compiled policy selinux-policy-default's postinst builds (20 MB): the
+    agent compiles against the base module alone, and where it loads policies it uses the node's store.
     """
     return " && ".join(
         [
             f"echo {shlex.quote(recipe.user_line)} >> /etc/passwd",
             f"echo {shlex.quote(recipe.group_line)} >> /etc/group",
+            "rm -rf /var/lib/selinux/default /etc/selinux/default",
             shlex.join(compile_pyc(("python3",), recipe.python_lib, recipe.python_lib, force=True)),
         ]
     )

@@ -25,7 +25,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from api.constants import DEFAULT_IMAGE
+from api.constants import DEFAULT_IMAGE, UDICA_BASE_TEMPLATE
 from spo import imagerecipe, images, operator_image
 from spo.cli import main
 from spo.imagerecipe import RECIPE, base_setup, compile_pyc, containerfile, pip_install, pip_wheel, prune
@@ -289,11 +289,20 @@ def test_image_holds_the_recipes_packages_and_the_tools_the_agent_runs(builds: B
     installed = set(re.findall(r"^Package: (\S+)\nStatus: install ok installed", status, re.MULTILINE))
     assert set(RECIPE.packages) <= installed
     assert not {"perl", "usrmerge", "gcc", "python3-pip"} & installed
-    assert _chroot(builds.root, "secilc", "--help").returncode in (0, 1)  # prints usage either way
-    result = _chroot(
-        builds.root, "python3", "-c", "import agent.selinux as s; print(s.udica_templates_dir())"
+    # The agent's compile-only SELinux mode, as its user: the reference base module converted to CIL by
+    # policycoreutils' pp, compiled by secilc with the shim and udica's container template.
+    script = (
+        "from pathlib import Path; import agent.selinux as s; "
+        "s.write_reference_base(Path('/tmp/base.cil')); "
+        "Path('/tmp/shim.cil').write_text(s.CONTAINER_SELINUX_SHIM); "
+        "print(s.udica_templates_dir())"
     )
-    assert result.returncode == 0 and result.stdout.strip() != "None", result.stderr
+    result = _chroot(builds.root, "python3", "-c", script, user=RECIPE.user)
+    assert result.returncode == 0, result.stderr
+    template = f"{result.stdout.strip()}/{UDICA_BASE_TEMPLATE}"
+    policy = ["-o", "/tmp/policy", "-f", "/tmp/file_contexts", "/tmp/base.cil", "/tmp/shim.cil", template]
+    result = _chroot(builds.root, "secilc", "-N", *policy, user=RECIPE.user)
+    assert result.returncode == 0, result.stdout + result.stderr
     assert not list((builds.root / "usr/share/doc").glob("*/*"))
     assert f"{RECIPE.user_line}\n" in (builds.root / "etc/passwd").read_text()
 
