@@ -164,6 +164,12 @@ def prune(recipe: Recipe, target: str) -> list[str]:
     return ["rm", "-rf", *(f"{target}/{path}" for path in recipe.pruned)]
 
 
+def strip_libraries(target: str) -> list[str]:
+    """Drop the symbol tables of the installed extension modules, as Debian does for its own (uvloop's
+    shrinks from 14 to 2 MB); nothing in the image debugs them."""
+    return ["find", target, "-name", "*.so*", "-type", "f", "-exec", "strip", "--strip-unneeded", "{}", "+"]
+
+
 def compile_pyc(python: Sequence[str], tree: str, image_dir: str, *, force: bool = False) -> list[str]:
     """Bytecode whose validity is the source's hash, with the path the image has (not the builder's).
 
@@ -216,12 +222,13 @@ def containerfile(recipe: Recipe = RECIPE) -> str:
         "# offline. Build: docker build -t IMAGE . (or podman build -t IMAGE .)",
         "",
         f"FROM {base} AS builder",
-        _run(_apt_install(["python3", "python3-venv"]), f"python3 -m venv {_BUILDER_VENV}"),
+        _run(_apt_install(["python3", "python3-venv", "binutils"]), f"python3 -m venv {_BUILDER_VENV}"),
         f"COPY {recipe.requirements_source} {requirements}",
         _run(
             shlex.join(pip_wheel(_BUILDER_PYTHON, f"{_WHEELS}/deps", ["-r", requirements])),
             shlex.join(pip_install(_BUILDER_PYTHON, f"{_WHEELS}/deps", deps_target, ["-r", requirements])),
             shlex.join(prune(recipe, deps_target)),
+            shlex.join(strip_libraries(deps_target)),
             shlex.join(compile_pyc(_BUILDER_PYTHON, deps_target, recipe.site_packages)),
         ),
         *(f"COPY {source} {_SOURCE}/{source}" for source in recipe.project_sources),
@@ -229,6 +236,7 @@ def containerfile(recipe: Recipe = RECIPE) -> str:
             shlex.join(pip_wheel(_BUILDER_PYTHON, f"{_WHEELS}/project", [_SOURCE])),
             shlex.join(pip_install(_BUILDER_PYTHON, f"{_WHEELS}/project", project_target, [recipe.project])),
             shlex.join(prune(recipe, project_target)),
+            shlex.join(strip_libraries(project_target)),
             shlex.join(compile_pyc(_BUILDER_PYTHON, project_target, recipe.site_packages)),
             f"mkdir -p {launcher.rsplit('/', 1)[0]}",
             "printf '%s\\n' " + " ".join(shlex.quote(line) for line in recipe.launcher) + f" > {launcher}",

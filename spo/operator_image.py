@@ -39,6 +39,7 @@ from spo.imagerecipe import (
     pip_install,
     pip_wheel,
     prune,
+    strip_libraries,
 )
 from spo.images import ImageBuildError, ImageSpec
 
@@ -108,6 +109,7 @@ def _install_steps(
     return [
         pip_install(python, wheels, target, what),
         prune(recipe, target),
+        strip_libraries(target),
         compile_pyc(python, target, recipe.site_packages),
     ]
 

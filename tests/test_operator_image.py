@@ -28,7 +28,16 @@ from packaging.utils import canonicalize_name
 from api.constants import DEFAULT_IMAGE, UDICA_BASE_TEMPLATE
 from spo import imagerecipe, images, operator_image
 from spo.cli import main
-from spo.imagerecipe import RECIPE, base_setup, compile_pyc, containerfile, pip_install, pip_wheel, prune
+from spo.imagerecipe import (
+    RECIPE,
+    base_setup,
+    compile_pyc,
+    containerfile,
+    pip_install,
+    pip_wheel,
+    prune,
+    strip_libraries,
+)
 from spo.images import normalize_reference
 from tests.test_images import Image, read_layout
 
@@ -124,6 +133,7 @@ def test_builder_runs_the_recipes_pip_and_compile_steps_for_both_layers() -> Non
             pip_wheel(python, wheels, what),
             pip_install(python, wheels, target, install),
             prune(RECIPE, target),
+            strip_libraries(target),
             compile_pyc(python, target, RECIPE.site_packages),
         ]
         assert [c for c in commands if c in expected] == expected
