@@ -36,6 +36,8 @@ class Recipe:
     project: str  # the distribution name the wheel installs as
     # Removed from the installed packages: what the image never runs.
     pruned: tuple[str, ...]
+    # Distributions left out of the pinned list: only what `pruned` removes imports them.
+    left_out: tuple[str, ...]
     user: int
     user_name: str
     entrypoint: tuple[str, ...]
@@ -114,6 +116,18 @@ RECIPE = Recipe(
         "bin",
         # The kubernetes client's asyncio copy of itself (65 MB): the operator uses the synchronous one.
         "kubernetes/aio",
+    ),
+    # aiohttp and what it needs, which kubernetes requires for its asyncio client alone.
+    left_out=(
+        "aiohappyeyeballs",
+        "aiohttp",
+        "aiohttp-retry",
+        "aiosignal",
+        "attrs",
+        "frozenlist",
+        "multidict",
+        "propcache",
+        "yarl",
     ),
     user=constants.ROOTLESS_UID,
     user_name="spo",

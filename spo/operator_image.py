@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -261,20 +262,26 @@ def build_operator_image(
     )
 
 
+def canonical_name(distribution: str) -> str:
+    """A distribution's name as PyPI compares them (PEP 503): `prometheus_client` is `prometheus-client`."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 def lock_requirements(source: Path = REPO_ROOT, recipe: Recipe = RECIPE) -> str:
     """The pinned list of the project's runtime dependencies (not [test]), as pip resolves them today."""
     python = _check_python(recipe)
     resolve = [*python, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed", "--report", "-"]
     report = json.loads(_run([*resolve, str(source)]))
-    pins = sorted(
+    pins = [
         f"{item['metadata']['name']}=={item['metadata']['version']}"
         for item in report["install"]
-        if item["metadata"]["name"] != recipe.project
-    )
+        if canonical_name(item["metadata"]["name"])
+        not in map(canonical_name, (recipe.project, *recipe.left_out))
+    ]
     header = (
         "# The operator image's Python dependencies, pinned: `spo image lock` writes this file from\n"
-        "# pyproject.toml's runtime dependencies (not [test]). Both the Containerfile and `spo image build`\n"
-        "# install exactly these.\n"
+        "# pyproject.toml's runtime dependencies (not [test]), without those only pruned code needs\n"
+        "# (spo/imagerecipe.py). Both the Containerfile and `spo image build` install exactly these.\n"
     )
     return header + "".join(f"{pin}\n" for pin in sorted(pins, key=str.lower))
 

@@ -19,6 +19,7 @@ import tarfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,23 @@ def test_requirements_pin_every_runtime_dependency_and_no_test_tool() -> None:
     }
     assert not test_only & set(pins)
     assert canonicalize_name(RECIPE.project) not in pins
+
+
+def test_left_out_distributions_are_needed_only_by_pruned_code() -> None:
+    pins = _pins()
+    left_out = {canonicalize_name(name) for name in RECIPE.left_out}
+    assert not left_out & set(pins)
+    # Who requires each left-out distribution, among what the image installs: kubernetes alone, for its
+    # asyncio client, which is pruned.
+    assert "kubernetes/aio" in RECIPE.pruned
+    requirers: dict[str, set[str]] = {}
+    for name in [*pins, RECIPE.project]:
+        for line in metadata.distribution(name).requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                requirers.setdefault(canonicalize_name(requirement.name), set()).add(name)
+    required = {name: requirers[name] for name in left_out if name in requirers}
+    assert required == {"aiohttp": {"kubernetes"}, "aiohttp-retry": {"kubernetes"}}
 
 
 # --- cache keys -----------------------------------------------------------------------------------------
