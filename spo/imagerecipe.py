@@ -178,6 +178,23 @@ def prune(recipe: Recipe, target: str) -> list[str]:
     return ["rm", "-rf", *(f"{target}/{path}" for path in recipe.pruned)]
 
 
+def forget_scripts(target: str) -> list[str]:
+    """Drop the pruned console scripts from the distributions' RECORD files: each line carries the hash
+    of a script whose first line is the builder's interpreter path, which would change the layer."""
+    return [
+        "find",
+        target,
+        "-path",
+        "*.dist-info/RECORD",
+        "-exec",
+        "sed",
+        "-i",
+        r"\#^\.\./\.\./bin/#d",
+        "{}",
+        "+",
+    ]
+
+
 def strip_libraries(target: str) -> list[str]:
     """Drop the symbol tables of the installed extension modules, as Debian does for its own (uvloop's
     shrinks from 14 to 2 MB); nothing in the image debugs them."""
@@ -242,6 +259,7 @@ def containerfile(recipe: Recipe = RECIPE) -> str:
             shlex.join(pip_wheel(_BUILDER_PYTHON, f"{_WHEELS}/deps", ["-r", requirements])),
             shlex.join(pip_install(_BUILDER_PYTHON, f"{_WHEELS}/deps", deps_target, ["-r", requirements])),
             shlex.join(prune(recipe, deps_target)),
+            shlex.join(forget_scripts(deps_target)),
             shlex.join(strip_libraries(deps_target)),
             shlex.join(compile_pyc(_BUILDER_PYTHON, deps_target, recipe.site_packages)),
         ),
@@ -250,6 +268,7 @@ def containerfile(recipe: Recipe = RECIPE) -> str:
             shlex.join(pip_wheel(_BUILDER_PYTHON, f"{_WHEELS}/project", [_SOURCE])),
             shlex.join(pip_install(_BUILDER_PYTHON, f"{_WHEELS}/project", project_target, [recipe.project])),
             shlex.join(prune(recipe, project_target)),
+            shlex.join(forget_scripts(project_target)),
             shlex.join(strip_libraries(project_target)),
             shlex.join(compile_pyc(_BUILDER_PYTHON, project_target, recipe.site_packages)),
             f"mkdir -p {launcher.rsplit('/', 1)[0]}",

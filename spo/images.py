@@ -90,6 +90,7 @@ class Kind(Enum):
     DIR = "dir"
     FILE = "file"
     SYMLINK = "symlink"
+    HARDLINK = "hardlink"  # `target`: the absolute path of a FILE entry of the same layer
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,13 @@ def layer_tar(entries: Iterable[Entry]) -> bytes:
         if entry.path in by_path:
             raise ValueError(f"layer lists {entry.path!r} twice")
         by_path[entry.path] = entry
+    for entry in by_path.values():
+        linked = by_path.get(entry.target)
+        # An importer links to a file it has already written: the target must come first.
+        if entry.kind is Kind.HARDLINK and (
+            linked is None or linked.kind is not Kind.FILE or _order(entry.target) > _order(entry.path)
+        ):
+            raise ValueError(f"hard link {entry.path!r} must follow the file it links to: {entry.target!r}")
 
     def member(entry: Entry) -> tuple[tarfile.TarInfo, bytes]:
         info = tarfile.TarInfo(entry.path.lstrip("/"))
@@ -206,18 +214,25 @@ def layer_tar(entries: Iterable[Entry]) -> bytes:
             info.type = tarfile.DIRTYPE
         elif entry.kind is Kind.SYMLINK:
             info.type, info.linkname = tarfile.SYMTYPE, entry.target
+        elif entry.kind is Kind.HARDLINK:
+            info.type, info.linkname = tarfile.LNKTYPE, entry.target.lstrip("/")
         else:
             info.size = len(entry.data)
         return info, entry.data
 
+    return _tar(member(by_path[path]) for path in sorted(by_path, key=_order))
+
+
+def _order(path: str) -> list[str]:
     # Sorting by path components (not by string) keeps "/a/b" right after "/a", before "/a-b".
-    return _tar(member(by_path[path]) for path in sorted(by_path, key=lambda p: p.split("/")))
+    return path.split("/")
 
 
 def archive_entries(archive: tarfile.TarFile) -> list[Entry]:
     """The entries of a root file system tar (e.g. mmdebstrap's), owners and modes as they are in it.
 
-    Hard links become copies and device nodes are left out: the container runtime provides /dev.
+    Hard links stay links when their file sorts first (as layer_tar orders them), else become copies;
+    device nodes are left out: the container runtime provides /dev.
     """
     entries: list[Entry] = []
     for info in archive:
@@ -228,6 +243,8 @@ def archive_entries(archive: tarfile.TarFile) -> list[Entry]:
             entries.append(Entry(path, Kind.DIR, info.mode, info.uid, info.gid))
         elif info.issym():
             entries.append(Entry(path, Kind.SYMLINK, 0o777, info.uid, info.gid, target=info.linkname))
+        elif info.islnk() and _order(target := posixpath.normpath("/" + info.linkname)) < _order(path):
+            entries.append(Entry(path, Kind.HARDLINK, info.mode, info.uid, info.gid, target=target))
         elif info.isfile() or info.islnk():
             content = archive.extractfile(info)
             if content is None:

@@ -37,6 +37,7 @@ from spo.imagerecipe import (
     compile_pyc,
     containerfile,
     dpkg_excludes_file,
+    forget_scripts,
     pip_install,
     pip_wheel,
     prune,
@@ -49,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _OUTPUT_TAIL = 4000
 _LAYERS = ("base", "dependencies", "project")
 # Part of every cache key: raise it when what a cached layer holds changes for the same inputs.
-_CACHE_FORMAT = "1"
+_CACHE_FORMAT = "2"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def _install_steps(
     return [
         pip_install(python, wheels, target, what),
         prune(recipe, target),
+        forget_scripts(target),
         strip_libraries(target),
         compile_pyc(python, target, recipe.site_packages),
     ]

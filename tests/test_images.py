@@ -280,16 +280,42 @@ def test_root_archive_keeps_owners_and_modes_copies_hard_links_and_drops_devices
         (_member("./", tarfile.DIRTYPE, 0o755), b""),
         (_member("./var/mail/", tarfile.DIRTYPE, 0o2775, 8), b""),
         (_member("./usr/bin/su", tarfile.REGTYPE, 0o4755), b"su"),
-        (_member("./usr/bin/perl5", tarfile.LNKTYPE, 0o755, link="./usr/bin/su"), b""),
+        (_member("./usr/bin/su2", tarfile.LNKTYPE, 0o4755, link="./usr/bin/su"), b""),
+        (_member("./usr/bin/as", tarfile.LNKTYPE, 0o4755, link="./usr/bin/su"), b""),
         (_member("./bin", tarfile.SYMTYPE, 0o777, link="usr/bin"), b""),
         (_member("./dev/null", tarfile.CHRTYPE, 0o666), b""),
     )
     assert images.archive_entries(archive) == [
         Entry("/var/mail", images.Kind.DIR, 0o2775, 8, 8),
         Entry("/usr/bin/su", images.Kind.FILE, 0o4755, data=b"su"),
-        Entry("/usr/bin/perl5", images.Kind.FILE, 0o755, data=b"su"),
+        Entry("/usr/bin/su2", images.Kind.HARDLINK, 0o4755, target="/usr/bin/su"),
+        # Sorted before its file, a link would come first in the layer: it is copied instead.
+        Entry("/usr/bin/as", images.Kind.FILE, 0o4755, data=b"su"),
         symlink("/bin", "usr/bin"),
     ]
+
+
+def test_hard_link_is_written_after_its_file_and_reads_back_as_it() -> None:
+    layer = layer_tar(
+        [Entry("/b/link", images.Kind.HARDLINK, 0o755, target="/a/file"), regular("/a/file", b"x")]
+    )
+    with tarfile.open(fileobj=io.BytesIO(layer)) as archive:
+        assert archive.getnames() == ["a/file", "b/link"]
+        link = archive.extractfile("b/link")
+        assert link is not None and link.read() == b"x"
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [Entry("/a/link", images.Kind.HARDLINK, 0o755, target="/b/file"), regular("/b/file", b"x")],
+        [Entry("/b/link", images.Kind.HARDLINK, 0o755, target="/a/missing")],
+        [Entry("/b/link", images.Kind.HARDLINK, 0o755, target="/a"), directory("/a")],
+    ],
+)
+def test_hard_link_before_or_without_its_file_is_refused(entries: list[Entry]) -> None:
+    with pytest.raises(ValueError, match="must follow the file it links to"):
+        layer_tar(entries)
 
 
 def test_tree_is_read_with_normalized_owners_and_modes(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from spo.imagerecipe import (
     base_setup,
     compile_pyc,
     containerfile,
+    forget_scripts,
     pip_install,
     pip_wheel,
     prune,
@@ -134,6 +135,7 @@ def test_builder_runs_the_recipes_pip_and_compile_steps_for_both_layers() -> Non
             pip_wheel(python, wheels, what),
             pip_install(python, wheels, target, install),
             prune(RECIPE, target),
+            forget_scripts(target),
             strip_libraries(target),
             compile_pyc(python, target, RECIPE.site_packages),
         ]
