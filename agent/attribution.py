@@ -101,11 +101,19 @@ class ContainerIds:
     container's cgroup a process stays there, so a found id holds for the life of the process.
     Not thread-safe: the audit pipeline's thread owns it."""
 
-    def __init__(self, proc: Path, max_entries: int = constants.PID_CACHE_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        proc: Path,
+        max_entries: int = constants.PID_CACHE_MAX_ENTRIES,
+        parent_of: Callable[[int], int | None] | None = None,
+    ) -> None:
+        """``parent_of`` (agent/lineage.py) names the parent of a pid that is gone: a short-lived child
+        is attributed to the container of the ancestor that still runs (it started in its cgroup)."""
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         self._proc = str(proc)
         self._max_entries = max_entries
+        self._parent_of = parent_of
         self._cache: OrderedDict[int, tuple[int, str]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -115,12 +123,13 @@ class ContainerIds:
         found = self.lookup_process(pid)
         return found[0] if found is not None else None
 
-    def lookup_process(self, pid: int) -> tuple[str, int] | None:
-        """The container id and the process's start time (which, with the pid, names the process)."""
+    def lookup_process(self, pid: int) -> tuple[str, int | None] | None:
+        """The container id and the process's start time (which, with the pid, names the process; None
+        for a process that is gone and was attributed through its parent)."""
         start = self._start_time(pid)
         if start is None:
             self._cache.pop(pid, None)
-            return None
+            return self._through_parent(pid)
         cached = self._cache.get(pid)
         if cached is not None and cached[0] == start:
             self._cache.move_to_end(pid)
@@ -141,6 +150,17 @@ class ContainerIds:
         if len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
         return container_id, start
+
+    def _through_parent(self, pid: int) -> tuple[str, int | None] | None:
+        ancestor: int | None = pid
+        for _ in range(constants.LINEAGE_MAX_GENERATIONS):
+            ancestor = self._parent_of(ancestor) if self._parent_of is not None and ancestor else None
+            if not ancestor:
+                return None
+            if self._start_time(ancestor) is not None:
+                found = self.lookup_process(ancestor)
+                return (found[0], None) if found is not None else None
+        return None
 
     def _start_time(self, pid: int) -> int | None:
         stat = _read(f"{self._proc}/{pid}/stat")

@@ -242,12 +242,14 @@ class AuditPipeline:
         index: ContainerIndex,
         spod_spec: Callable[[], SPODSpec],
         proc: Path,
+        *,
+        parent_of: Callable[[int], int | None] | None = None,
     ) -> None:
         self._source = source(self.housekeeping)
         self._dispatch = dispatch
         self._index = index
         self._spec = spod_spec
-        self._pids = ContainerIds(proc)
+        self._pids = ContainerIds(proc, parent_of=parent_of)
         self._backlog: Backlog[tuple[AuditEvent, int | None]] = Backlog()
         self._known: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
         self._stop = threading.Event()

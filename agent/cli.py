@@ -8,10 +8,17 @@ import logging
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+from kubernetes import client
+
 from agent.agent import Agent, AgentConfig
+from agent.attribution import ContainerIndex, watch_node_pods
+from agent.audit import AuditMetrics, AuditPipeline, Dispatch, audit_log_path, stdout_lines
+from agent.auditsource import FileSource
 from agent.handlers import KindHandler, PolicyFiles, SeccompHandler, SelinuxHandler, seccomp_supported
+from agent.lineage import ForkWatch
 from agent.selinux import (
     SELINUX_MODE_COMPILE_ONLY,
     SELINUX_MODE_SEMODULE,
@@ -38,7 +45,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             "as <selinux-dir>/<name>.cil, loaded with semodule or, where SELinux is not enabled, only "
             "compiled with secilc (--selinux-mode); keep this node's "
             "SecurityProfileNodeStatus objects and <node>-deleted finalizers, renew this node's heartbeat "
-            f"Lease, and serve {constants.PATH_METRICS_SPOD}, {constants.PATH_METRICS} and "
+            "Lease; follow the audit log (--audit-log) and, as the spod enables them, print the log "
+            "enricher's lines and the JSON enricher's records for this node's containers; "
+            f"serve {constants.PATH_METRICS_SPOD}, {constants.PATH_METRICS} and "
             f"{constants.PATH_HEALTHZ}. SIGTERM stops it."
         ),
     )
@@ -59,6 +68,12 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="load policies with semodule (default where SELinux is enabled) or only compile them",
     )
     parser.add_argument("--proc", type=Path, default=Path(constants.PROC_DIR), help="the host's /proc")
+    parser.add_argument(
+        "--audit-log",
+        type=Path,
+        default=Path(constants.AUDIT_LOG_PATH),
+        help="the audit log the log and JSON enrichers follow (syslog when it does not exist at start)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address of the metrics and health server")  # noqa: S104
     parser.add_argument("--metrics-port", type=int, default=constants.SPOD_METRICS_PORT)
     parser.set_defaults(func=run)
@@ -79,14 +94,47 @@ def _run(args: argparse.Namespace, selinux_work_dir: Path) -> int:
         SelinuxHandler(SELINUX_PROFILE, policies),
         SelinuxHandler(RAW_SELINUX_PROFILE, policies),
     ]
-    agent = Agent(api_client(args.kubeconfig), AgentConfig(args.node_name, args.namespace), handlers)
+    api = api_client(args.kubeconfig)
+    agent = Agent(api, AgentConfig(args.node_name, args.namespace), handlers)
     server = serve(args.host, args.metrics_port, agent.metrics.registry, agent.ready)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.start()
+    stop_audit = _start_audit(api, agent, args)
     log.info("agent for node %s started", args.node_name)
     stop.wait()
     server.shutdown()
+    stop_audit()
     agent.stop()
     return 0
+
+
+def _start_audit(api: client.ApiClient, agent: Agent, args: argparse.Namespace) -> Callable[[], None]:
+    """The audit pipeline and the watch of this node's pods it attributes lines to; returns its stop.
+    Memory optimisation is read once: a spod change restarts the agent (the DaemonSet rolls)."""
+    index = ContainerIndex()
+    audit_log = audit_log_path(args.audit_log)
+    dispatch = Dispatch(args.node_name, args.proc, None, AuditMetrics(agent.metrics.registry), stdout_lines())
+    forks = ForkWatch()
+    forks.start()
+    pipeline = AuditPipeline(
+        lambda idle: FileSource(audit_log, on_idle=idle),
+        dispatch,
+        index,
+        agent.spod_spec,
+        args.proc,
+        parent_of=forks.parent,
+    )
+    memory_optimization = bool(agent.spod_spec().enable_memory_optimization)
+    pods = watch_node_pods(api, args.node_name, memory_optimization, index, pipeline.new_containers)
+    pods.start()
+    pipeline.start()
+    log.info("following %s for the enrichers", audit_log)
+
+    def stop() -> None:
+        pipeline.stop()
+        pods.stop()
+        forks.stop()
+
+    return stop

@@ -150,6 +150,9 @@ class Aggregator:
             )
             self._open[key] = bucket
         bucket.syscalls[syscall] = None
+        if executable:
+            # The program the process became: a `kubectl exec` starts as runc's init (`exe="/"`).
+            bucket.executable = executable
         return closed
 
     def flush(self, now: float) -> list[Record]:

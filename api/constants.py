@@ -275,6 +275,28 @@ PROC_DIR: Final = "/proc"
 # Built-in base profiles (api/baseprofiles.py) carry this label so users can tell them from their own.
 LABEL_BUILTIN_BASE_PROFILE: Final = "spo.x-k8s.io/builtin-base-profile"
 
+# --- profile recording from logs (the agent's recorder) ----------------------------------------------
+# The server-side apply field manager of the recorded profiles, which the agent's recorder alone writes
+# (ARCHITECTURE.md), apart from the reconciler's so that each owns its own fields.
+AGENT_FIELD_MANAGER: Final = "spod"
+RECORDER_LOGS: Final = "logs"  # ProfileRecording spec.recorder of log-based recording
+MERGE_STRATEGY_CONTAINERS: Final = "containers"
+LABEL_PARTIAL_VALUE: Final = "true"
+# The seccomp architecture of a recorded profile: the node's own, by Python's platform.machine().
+SECCOMP_ARCH_BY_MACHINE: Final[dict[str, str]] = {
+    "x86_64": "SCMP_ARCH_X86_64",
+    "amd64": "SCMP_ARCH_X86_64",
+    "aarch64": "SCMP_ARCH_AARCH64",
+    "arm64": "SCMP_ARCH_AARCH64",
+    "i386": "SCMP_ARCH_X86",
+    "i686": "SCMP_ARCH_X86",
+    "armv7l": "SCMP_ARCH_ARM",
+    "ppc64le": "SCMP_ARCH_PPC64LE",
+    "s390x": "SCMP_ARCH_S390X",
+    "riscv64": "SCMP_ARCH_RISCV64",
+}
+POD_PHASE_SUCCEEDED: Final = "Succeeded"
+
 # --- reconciler ---------------------------------------------------------------------------------
 # The field manager of every server-side apply the reconciler makes: it owns exactly those fields.
 FIELD_MANAGER: Final = "security-profiles-operator"
@@ -305,6 +327,8 @@ ENABLE_RECORDING_LABEL_VALUE: Final = "true"
 FIELD_SELECTOR_POD_NODE_NAME: Final = "spec.nodeName"
 # pid -> container id cache (upstream: 1000 entries); entries carry the process start time.
 PID_CACHE_MAX_ENTRIES: Final = 1000
+# A gone process is attributed through at most this many generations of gone ancestors.
+LINEAGE_MAX_GENERATIONS: Final = 4
 CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
 # Events of containers whose pod is not known yet wait this long at most, this many in all: a
 # container's id reaches its pod's status within seconds of its start, the rest is another runtime's

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from api import constants
+from api import constants, kinds
 from api.constants import SECCOMP_ACTION_RESTRICTIVENESS as RANK
 from api.types import (
     ObjectMeta,
@@ -32,6 +32,7 @@ from api.types import (
 )
 
 PartialProfile = SeccompProfile | SelinuxProfile
+PARTIAL_KINDS = (kinds.SECCOMP_PROFILE, kinds.SELINUX_PROFILE)
 
 
 def partial_selector(recording: ProfileRecording) -> dict[str, str]:
@@ -117,10 +118,17 @@ class MergePlan:
 
 
 def plan_merge(recording: ProfileRecording, profiles: Iterable[PartialProfile]) -> MergePlan:
-    """The merged profiles of a deleted recording, from all profiles of its kind."""
+    """The merged profiles of a deleted recording, from all profiles of its kind.
+
+    Each pass merges the partials it sees into the merged profile already stored, so that passes which
+    each see only some partials (the cache may not hold them all yet, a pod may end later) add up to
+    the union instead of replacing each other. Partials being deleted were merged by an earlier pass."""
+    profiles = list(profiles)
     partials = sorted(
-        (p for p in profiles if is_partial_of(recording, p)), key=lambda p: p.metadata.name or ""
+        (p for p in profiles if is_partial_of(recording, p) and not p.metadata.deletion_timestamp),
+        key=lambda p: p.metadata.name or "",
     )
+    stored = {p.metadata.name: p for p in profiles if _is_merged_of(recording, p)}
     by_container: dict[str, list[PartialProfile]] = {}
     for partial in partials:
         container = (partial.metadata.labels or {}).get(constants.LABEL_CONTAINER_ID) or (
@@ -129,8 +137,19 @@ def plan_merge(recording: ProfileRecording, profiles: Iterable[PartialProfile]) 
         by_container.setdefault(container, []).append(partial)
     merged = []
     for container, group in sorted(by_container.items()):
-        merged.append(_merged_profile(recording, container, group))
+        earlier = stored.get(f"{recording.metadata.name}-{container}")
+        merged.append(_merged_profile(recording, container, group + ([earlier] if earlier else [])))
     return MergePlan(tuple(merged), tuple(p.metadata.name or "" for p in partials))
+
+
+def _is_merged_of(recording: ProfileRecording, profile: PartialProfile) -> bool:
+    labels = profile.metadata.labels or {}
+    return (
+        constants.LABEL_PARTIAL not in labels
+        and not profile.metadata.deletion_timestamp
+        and labels.get(constants.LABEL_RECORDING_ID) == recording.metadata.name
+        and labels.get(constants.LABEL_RECORDING_NAMESPACE) == recording.metadata.namespace
+    )
 
 
 def _merged_profile(

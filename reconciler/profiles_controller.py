@@ -68,6 +68,13 @@ def _owner_keys(node_status: SecurityProfileNodeStatus) -> list[str]:
     ]
 
 
+def _recording_of_partial(profile: Resource) -> list[str]:
+    labels = profile.metadata.labels or {}
+    namespace = labels.get(constants.LABEL_RECORDING_NAMESPACE)
+    name = labels.get(constants.LABEL_RECORDING_ID)
+    return [f"{namespace}/{name}"] if constants.LABEL_PARTIAL in labels and namespace and name else []
+
+
 def _profile_keys_of_reference(reference: str) -> list[str]:
     """The profiles a pod reference may name (a seccomp file `x.json` is profile `x` or `x.json`)."""
     target = reference.partition(":")[2]
@@ -173,7 +180,13 @@ class ProfileControllers:
         recordings = Controller(
             "recordings",
             self.reconcile_recording,
-            [Watch(self.recordings, own_key), Watch(self.pods, lambda pod: pod.recordings)],
+            [
+                Watch(self.recordings, own_key),
+                Watch(self.pods, lambda pod: pod.recordings),
+                # A partial profile may appear after its recording was deleted (a pod ending late, or
+                # this cache behind the recordings'): the deleted recording merges it then.
+                *(Watch(self.profiles[k.kind], _recording_of_partial) for k in merge.PARTIAL_KINDS),
+            ],
         )
         spod_key = f"{self.namespace}/{constants.SPOD_NAME}"
         compliant = Controller(

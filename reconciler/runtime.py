@@ -35,7 +35,6 @@ import datetime
 import functools
 import heapq
 import itertools
-import json
 import logging
 import threading
 import time
@@ -50,11 +49,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from api import constants
 from api.kinds import BuiltinKind, ResourceKind
-from api.kube import ResourceCache
+from api.kube import ResourceCache, server_side_apply
 
 log = logging.getLogger(__name__)
 
-_APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 _HTTP_NOT_FOUND = 404
 _HTTP_CONFLICT = 409
 
@@ -70,30 +68,18 @@ def apply(
     subresource: str = "",
     force: bool = True,
 ) -> dict[str, Any]:
-    """Server-side apply ``obj`` as our field manager; returns the object as stored.
-
-    ``obj`` holds exactly the fields we own (with apiVersion, kind, metadata.name and, if
-    namespaced, metadata.namespace): a field we applied before and leave out now is removed, a
-    field another manager set is kept. ``force`` takes over fields another manager changed, which
-    is right for fields only we may write (ARCHITECTURE.md: one writer per field)."""
-    objects = client.CustomObjectsApi(api)
-    name = obj["metadata"]["name"]
-    options: dict[str, Any] = {
-        "field_manager": constants.FIELD_MANAGER,
-        "force": force,
-        "field_validation": "Strict",
-        "_content_type": _APPLY_CONTENT_TYPE,
-        # The client only decodes 200 answers; an apply that creates answers 201.
-        "_preload_content": False,
-    }
-    args: tuple[str, ...] = (kind.group, kind.version)
-    if kind.namespaced:
-        args += (obj["metadata"]["namespace"],)
-    args += (kind.plural, name)
-    scope = "namespaced" if kind.namespaced else "cluster"
-    call = getattr(objects, f"patch_{scope}_custom_object{'_' + subresource if subresource else ''}")
-    result: dict[str, Any] = json.loads(call(*args, obj, **options).data)
-    return result
+    """Server-side apply ``obj`` as the reconciler's field manager (api.kube.server_side_apply); returns
+    the object as stored. ``obj`` holds exactly the fields we own (with apiVersion, kind, metadata.name
+    and, if namespaced, metadata.namespace)."""
+    return server_side_apply(
+        api,
+        kind,
+        obj,
+        constants.FIELD_MANAGER,
+        namespaced=kind.namespaced,
+        subresource=subresource,
+        force=force,
+    )
 
 
 def delete(api: client.ApiClient, kind: BuiltinKind | ResourceKind, name: str, namespace: str = "") -> bool:

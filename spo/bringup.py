@@ -50,10 +50,11 @@ def start_agent(
     name: str = "agent",
     selinux_dir: Path | None = None,
     selinux_mode: str | None = None,
+    audit_log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """`spo agent` for `node_name` as a host process writing below `kubelet_dir` (and SELinux policies
-    in `selinux_dir` with `selinux_mode`, the agent's defaults when None); returns once its caches are
-    synced (/healthz)."""
+    in `selinux_dir` with `selinux_mode`, following `audit_log` for the enrichers; the agent's defaults
+    when None); returns once its caches are synced (/healthz)."""
     argv = localcluster.python_module(
         "spo.cli", "agent",
         "--node-name", node_name,
@@ -64,6 +65,7 @@ def start_agent(
         "--metrics-port", str(port),
         *(["--selinux-dir", str(selinux_dir)] if selinux_dir is not None else []),
         *(["--selinux-mode", selinux_mode] if selinux_mode is not None else []),
+        *(["--audit-log", str(audit_log)] if audit_log is not None else []),
     )  # fmt: skip
     process = cluster.spawn(name, argv)
     cluster.wait_until(
@@ -158,6 +160,7 @@ def bring_up(
                 namespace,
                 localcluster.free_port(),
                 selinux_dir=local_node.paths.selinux_dir,
+                audit_log=local_node.audit_log,
             )
     except BaseException:
         stop_all(cluster, node_binaries)

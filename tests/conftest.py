@@ -139,6 +139,7 @@ class NodeCluster:
     cluster: localcluster.ControlPlane
     node: node.Node
     kube: client.ApiClient
+    agent_port: int
 
     @property
     def kubeconfig(self) -> Path:
@@ -190,18 +191,20 @@ class NodeSlot:
             # As `spo up`: the reconciler registers the webhooks and keeps the profiles' statuses and
             # finalizers, the node's agent writes profiles where this node's kubelet reads them.
             start_reconciler(cluster, constants.DEFAULT_NAMESPACE, server.url)
+            agent_port = localcluster.free_port()
             start_agent(
                 cluster,
                 local_node.name,
                 local_node.paths.kubelet_root,
                 constants.DEFAULT_NAMESPACE,
-                localcluster.free_port(),
+                agent_port,
                 selinux_dir=local_node.paths.selinux_dir,
+                audit_log=local_node.audit_log,
             )
         except BaseException:
             self._stop(cluster, node_binaries)
             raise
-        return NodeCluster(cluster, local_node, kube)
+        return NodeCluster(cluster, local_node, kube, agent_port)
 
     def stop(self) -> None:
         if self.running is not None:

@@ -674,3 +674,13 @@ def test_a_line_the_file_cannot_take_is_not_left_half_written(tmp_path: Path) ->
     assert in_child(limited) == b"EFBIG"
     content = log.read_bytes()
     assert content == b"".join(_line(number) for number in range(1000 // len(_line(0))))
+
+
+def test_a_process_is_described_by_the_program_it_became() -> None:
+    """A `kubectl exec` process starts as runc's init (`exe="/"`), then execs the user's command."""
+    aggregator = Aggregator(NODE, 30)
+    _add(aggregator, 0.0, executable="/", syscall="prctl")
+    _add(aggregator, 0.1, executable="/bin/busybox", syscall="execve")
+    _add(aggregator, 0.2, executable="", syscall="nanosleep")
+    (record,) = aggregator.drain()
+    assert record["executable"] == "/bin/busybox"

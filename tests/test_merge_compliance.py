@@ -165,6 +165,35 @@ def test_plan_merge_selinux_unions_allow_rules() -> None:
     }
 
 
+def test_plan_merge_adds_to_the_merged_profile_of_an_earlier_pass() -> None:
+    """A pass that saw only some partials, then one that sees the others: the union, not the last ones."""
+    first = [
+        _seccomp("rec-nginx-a", [{"action": "SCMP_ACT_ALLOW", "names": ["read", "write"]}], _labels("nginx"))
+    ]
+    stored = SeccompProfile.model_validate(plan_merge(_recording(), first).merged[0])
+    later = [_seccomp("rec-nginx-b", [{"action": "SCMP_ACT_ALLOW", "names": ["mkdir"]}], _labels("nginx"))]
+    plan = plan_merge(_recording(), [*later, stored])
+    assert plan.partials == ("rec-nginx-b",)
+    merged = SeccompProfile.model_validate(plan.merged[0])
+    assert _flat(merged.spec.syscalls or []) == [("SCMP_ACT_ALLOW", ["mkdir", "read", "write"])]
+    # another recording's merged profile of the same name pattern is not ours
+    foreign = stored.model_copy(deep=True)
+    foreign.metadata.labels = _labels("nginx", namespace="x", partial=False)
+    assert plan_merge(_recording(), [*later, foreign]).merged[0]["spec"]["syscalls"] == [
+        {"names": ["mkdir"], "action": "SCMP_ACT_ALLOW"}
+    ]
+
+
+def test_plan_merge_leaves_partials_being_deleted_alone() -> None:
+    """Merged by an earlier pass: one left Terminating (its finalizers) must not shrink the union."""
+    terminating = _seccomp(
+        "rec-nginx-abcde", [{"action": "SCMP_ACT_ALLOW", "names": ["read"]}], _labels("nginx")
+    )
+    terminating.metadata.deletion_timestamp = "2026-12-03T13:00:00Z"
+    plan = plan_merge(_recording(), [terminating])
+    assert (plan.merged, plan.partials) == ((), ())
+
+
 def test_plan_merge_without_partials_does_nothing() -> None:
     plan = plan_merge(_recording(), [_seccomp("other", [])])
     assert (plan.merged, plan.partials) == ((), ())
