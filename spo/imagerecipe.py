@@ -11,6 +11,7 @@ Containerfile equal to what this module renders, so the two cannot drift.
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,14 +150,17 @@ def base_setup(recipe: Recipe) -> str:
     Adds the image's user, and recompiles the standard library's .pyc files to be checked by hash, not
     by the source's mtime: the offline layers fix every mtime, which would make timestamp .pyc files
     stale, so every start of a non-root, read-only container would compile the standard library again.
-    Removes the policy store and compiled policy selinux-policy-default's postinst builds (20 MB): the
-    agent compiles against the base module alone, and where it loads policies it uses the node's store.
+    Removes the policy store and compiled policy selinux-policy-default's postinst builds, and the
+    policy modules but the base one (24 MB): the agent compiles against the base module alone, and where
+    it loads policies it uses the node's store.
     """
+    modules, base_module = posixpath.split(constants.REFPOLICY_BASE_MODULE)
     return " && ".join(
         [
             f"echo {shlex.quote(recipe.user_line)} >> /etc/passwd",
             f"echo {shlex.quote(recipe.group_line)} >> /etc/group",
             "rm -rf /var/lib/selinux/default /etc/selinux/default",
+            f"find {modules} -type f ! -name {shlex.quote(base_module)} -delete",
             shlex.join(compile_pyc(("python3",), recipe.python_lib, recipe.python_lib, force=True)),
         ]
     )
