@@ -205,6 +205,20 @@ def strip_libraries(target: str) -> list[str]:
     return ["find", target, "-name", "*.so*", "-type", "f", "-exec", "strip", "--strip-unneeded", "{}", "+"]
 
 
+def install_steps(
+    recipe: Recipe, python: Sequence[str], wheels: str, target: str, what: Sequence[str]
+) -> list[list[str]]:
+    """Install `what` from the wheels just built into `target` (the image's site-packages under a
+    layer's tree), trimmed, stripped and compiled: the same commands in both builds."""
+    return [
+        pip_install(python, wheels, target, what),
+        prune(recipe, target),
+        forget_scripts(target),
+        strip_libraries(target),
+        compile_pyc(python, target, recipe.site_packages),
+    ]
+
+
 def compile_pyc(python: Sequence[str], tree: str, image_dir: str, *, force: bool = False) -> list[str]:
     """Bytecode whose validity is the source's hash, with the path the image has (not the builder's).
 
@@ -247,6 +261,8 @@ def containerfile(recipe: Recipe = RECIPE) -> str:
     deps_target = _DEPS_TREE + recipe.site_packages
     project_target = _PROJECT_TREE + recipe.site_packages
     requirements = f"{_SOURCE}/{recipe.requirements_source}"
+    deps, deps_wheels = ["-r", requirements], f"{_WHEELS}/deps"
+    project, project_wheels = [recipe.project], f"{_WHEELS}/project"
     excludes = "printf '%s\\n' " + " ".join(
         shlex.quote(f"path-exclude={pattern}") for pattern in recipe.dpkg_excludes
     )
@@ -260,21 +276,13 @@ def containerfile(recipe: Recipe = RECIPE) -> str:
         _run(_apt_install(["python3", "python3-venv", "binutils"]), f"python3 -m venv {_BUILDER_VENV}"),
         f"COPY {recipe.requirements_source} {requirements}",
         _run(
-            shlex.join(pip_wheel(_BUILDER_PYTHON, f"{_WHEELS}/deps", ["-r", requirements])),
-            shlex.join(pip_install(_BUILDER_PYTHON, f"{_WHEELS}/deps", deps_target, ["-r", requirements])),
-            shlex.join(prune(recipe, deps_target)),
-            shlex.join(forget_scripts(deps_target)),
-            shlex.join(strip_libraries(deps_target)),
-            shlex.join(compile_pyc(_BUILDER_PYTHON, deps_target, recipe.site_packages)),
+            shlex.join(pip_wheel(_BUILDER_PYTHON, deps_wheels, deps)),
+            *map(shlex.join, install_steps(recipe, _BUILDER_PYTHON, deps_wheels, deps_target, deps)),
         ),
         *(f"COPY {source} {_SOURCE}/{source}" for source in recipe.project_sources),
         _run(
-            shlex.join(pip_wheel(_BUILDER_PYTHON, f"{_WHEELS}/project", [_SOURCE])),
-            shlex.join(pip_install(_BUILDER_PYTHON, f"{_WHEELS}/project", project_target, [recipe.project])),
-            shlex.join(prune(recipe, project_target)),
-            shlex.join(forget_scripts(project_target)),
-            shlex.join(strip_libraries(project_target)),
-            shlex.join(compile_pyc(_BUILDER_PYTHON, project_target, recipe.site_packages)),
+            shlex.join(pip_wheel(_BUILDER_PYTHON, project_wheels, [_SOURCE])),
+            *map(shlex.join, install_steps(recipe, _BUILDER_PYTHON, project_wheels, project_target, project)),
             f"mkdir -p {launcher.rsplit('/', 1)[0]}",
             "printf '%s\\n' " + " ".join(shlex.quote(line) for line in recipe.launcher) + f" > {launcher}",
             f"chmod 0755 {launcher}",

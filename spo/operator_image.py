@@ -34,14 +34,10 @@ from spo.imagerecipe import (
     RECIPE,
     Recipe,
     base_setup,
-    compile_pyc,
     containerfile,
     dpkg_excludes_file,
-    forget_scripts,
-    pip_install,
+    install_steps,
     pip_wheel,
-    prune,
-    strip_libraries,
 )
 from spo.images import ImageBuildError, ImageSpec
 
@@ -81,7 +77,7 @@ def base_key(recipe: Recipe, architecture: str) -> str:
 
 def dependencies_key(recipe: Recipe, requirements: bytes, architecture: str) -> str:
     """The pinned list and every step that installs it: a change to any of it builds a new layer."""
-    steps = _install_steps(recipe, ("PYTHON",), "WHEELS", "TARGET", ["-r", "REQUIREMENTS"])
+    steps = install_steps(recipe, ("PYTHON",), "WHEELS", "TARGET", ["-r", "REQUIREMENTS"])
     return _key(
         "dependencies", _CACHE_FORMAT, architecture, recipe.python, *map(shlex.join, steps), requirements
     )
@@ -102,18 +98,6 @@ def mmdebstrap_command(recipe: Recipe, excludes_file: Path, output: Path) -> lis
         recipe.suite,
         str(output),
         *recipe.apt_sources,
-    ]
-
-
-def _install_steps(
-    recipe: Recipe, python: Sequence[str], wheels: str, target: str, what: Sequence[str]
-) -> list[list[str]]:
-    return [
-        pip_install(python, wheels, target, what),
-        prune(recipe, target),
-        forget_scripts(target),
-        strip_libraries(target),
-        compile_pyc(python, target, recipe.site_packages),
     ]
 
 
@@ -188,7 +172,7 @@ def _base_layer(recipe: Recipe, scratch: Path) -> bytes:
 def _install(recipe: Recipe, python: Sequence[str], wheels: Path, tree: Path, what: Sequence[str]) -> None:
     """Install wheels from `wheels` into `tree`, laid out as in the image, with its bytecode."""
     target = tree / recipe.site_packages.lstrip("/")
-    for step in _install_steps(recipe, python, str(wheels), str(target), what):
+    for step in install_steps(recipe, python, str(wheels), str(target), what):
         _run(step)
 
 

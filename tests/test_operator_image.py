@@ -32,13 +32,9 @@ from spo.cli import main
 from spo.imagerecipe import (
     RECIPE,
     base_setup,
-    compile_pyc,
     containerfile,
-    forget_scripts,
-    pip_install,
+    install_steps,
     pip_wheel,
-    prune,
-    strip_libraries,
 )
 from spo.images import normalize_reference
 from tests.test_images import Image, read_layout
@@ -131,14 +127,7 @@ def test_builder_runs_the_recipes_pip_and_compile_steps_for_both_layers() -> Non
         ("/layers/project", "/wheels/project", ["/src"], [RECIPE.project]),
     ):
         target = tree + RECIPE.site_packages
-        expected = [
-            pip_wheel(python, wheels, what),
-            pip_install(python, wheels, target, install),
-            prune(RECIPE, target),
-            forget_scripts(target),
-            strip_libraries(target),
-            compile_pyc(python, target, RECIPE.site_packages),
-        ]
+        expected = [pip_wheel(python, wheels, what), *install_steps(RECIPE, python, wheels, target, install)]
         assert [c for c in commands if c in expected] == expected
     # Every source the offline build copies is copied, after the dependencies' layer is built.
     copies = builder.arguments("COPY")
