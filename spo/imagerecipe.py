@@ -81,7 +81,7 @@ RECIPE = Recipe(
     variant="essential",
     packages=(
         "python3",
-        # The agent loads nothing itself but the runtime's seccomp library is what its profiles target.
+        # The agent names the syscalls of audit lines with libseccomp's table (agent/syscalls.py).
         "libseccomp2",
         # The agent's compile-only SELinux mode: secilc against Debian's reference policy base module,
         # converted to CIL by policycoreutils' pp (agent/selinux.py).

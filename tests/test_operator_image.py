@@ -308,6 +308,10 @@ def test_image_holds_the_recipes_packages_and_the_tools_the_agent_runs(builds: B
     installed = set(re.findall(r"^Package: (\S+)\nStatus: install ok installed", status, re.MULTILINE))
     assert set(RECIPE.packages) <= installed
     assert not {"perl", "usrmerge", "gcc", "python3-pip"} & installed
+    # The agent names syscalls with libseccomp, as its user: 83 is mkdir on x86_64.
+    naming = "from agent import syscalls as s; print(s.syscall_name(83, s.native_arch()))"
+    result = _chroot(builds.root, "python3", "-c", naming, user=RECIPE.user)
+    assert (result.returncode, result.stdout) == (0, "mkdir\n"), result.stderr
     # The agent's compile-only SELinux mode, as its user: the reference base module converted to CIL by
     # policycoreutils' pp, compiled by secilc with the shim and udica's container template.
     script = (
