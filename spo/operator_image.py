@@ -47,6 +47,7 @@ _OUTPUT_TAIL = 4000
 _LAYERS = ("base", "dependencies", "project")
 # Part of every cache key: raise it when what a cached layer holds changes for the same inputs.
 _CACHE_FORMAT = "2"
+_CACHE_KEEP = 2  # cached layers of each kind (e.g. two checkouts with different recipes)
 
 
 @dataclass(frozen=True)
@@ -148,16 +149,26 @@ def _check_python(recipe: Recipe) -> tuple[str, ...]:
     return (sys.executable,)
 
 
-def _cached_layer(cache_dir: Path, name: str, build: Callable[[Path], bytes]) -> bytes | None:
-    """The layer cached as `name`, or None after building it with `build(scratch_dir)` and caching it."""
-    cached = cache_dir / name
+def cached_layer(cache_dir: Path, kind: str, key: str, build: Callable[[Path], bytes]) -> tuple[bytes, bool]:
+    """The layer of `kind` cached under `key`, and whether it was built now with `build(scratch_dir)`.
+
+    Only the most recently used layers of each kind are kept: every recipe change would otherwise leave
+    another 100 MB behind.
+    """
+    cached = cache_dir / f"{kind}-{key}.tar"
     if cached.is_file():
-        return None
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{name}.") as scratch:
-        layer = build(Path(scratch))
-    images.write_if_changed(cached, layer)
-    return layer
+        layer, built = cached.read_bytes(), False
+        os.utime(cached)
+    else:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{cached.name}.") as scratch:
+            layer, built = build(Path(scratch)), True
+        images.write_if_changed(cached, layer)
+    others = sorted(cache_dir.glob(f"{kind}-*.tar"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for stale in others[_CACHE_KEEP:]:
+        if stale != cached:
+            stale.unlink(missing_ok=True)
+    return layer, built
 
 
 def _base_layer(recipe: Recipe, scratch: Path) -> bytes:
@@ -221,21 +232,18 @@ def build_operator_image(
     requirements = source / recipe.requirements_source
     if not requirements.is_file():
         raise ImageBuildError(f"{requirements} not found: build the image from a source checkout")
-    base_name = f"operator-base-{base_key(recipe, architecture)}.tar"
-    deps_name = f"operator-deps-{dependencies_key(recipe, requirements.read_bytes(), architecture)}.tar"
-    built = {
-        _LAYERS[0]: _cached_layer(cache, base_name, lambda scratch: _base_layer(recipe, scratch)),
-        _LAYERS[1]: _cached_layer(
-            cache, deps_name, lambda scratch: _dependencies_layer(recipe, requirements, scratch)
-        ),
-    }
+    base, base_built = cached_layer(
+        cache, "operator-base", base_key(recipe, architecture), lambda scratch: _base_layer(recipe, scratch)
+    )
+    deps, deps_built = cached_layer(
+        cache,
+        "operator-deps",
+        dependencies_key(recipe, requirements.read_bytes(), architecture),
+        lambda scratch: _dependencies_layer(recipe, requirements, scratch),
+    )
     with tempfile.TemporaryDirectory(prefix="spo-image-") as scratch:
         project = _project_layer(recipe, source, Path(scratch))
-    layers = [
-        built[_LAYERS[0]] or (cache / base_name).read_bytes(),
-        built[_LAYERS[1]] or (cache / deps_name).read_bytes(),
-        project,
-    ]
+    layers = [base, deps, project]
     files = images.oci_layout([image_spec(recipe, reference, layers)], architecture)
     images.write_if_changed(output, images.layout_tar(files))
     manifest = json.loads(files["index.json"])["manifests"][0]
@@ -244,7 +252,9 @@ def build_operator_image(
         reference=manifest["annotations"][ANNOTATION_OCI_REF_NAME],
         digest=manifest["digest"],
         layer_sizes=tuple(len(layer) for layer in layers),
-        rebuilt=(*(name for name, layer in built.items() if layer is not None), _LAYERS[2]),
+        rebuilt=tuple(
+            name for name, built in zip(_LAYERS, (base_built, deps_built, True), strict=True) if built
+        ),
     )
 
 

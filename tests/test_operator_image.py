@@ -213,6 +213,27 @@ def test_dependencies_are_rebuilt_when_their_pinned_list_changes() -> None:
     assert operator_image.dependencies_key(replace(RECIPE, python="3.12"), b"fastapi==1\n", "amd64") != key
 
 
+def test_cached_layer_is_built_once_and_only_the_latest_two_of_a_kind_are_kept(tmp_path: Path) -> None:
+    built: list[str] = []
+
+    def build(key: str) -> tuple[bytes, bool]:
+        def make(scratch: Path) -> bytes:
+            assert scratch.parent == tmp_path
+            built.append(key)
+            return key.encode()
+
+        return operator_image.cached_layer(tmp_path, "layer", key, make)
+
+    assert build("a") == (b"a", True)
+    assert build("a") == (b"a", False)
+    for key in ("b", "c"):
+        build(key)
+        os.utime(tmp_path / f"layer-{key}.tar", (0, {"b": 1, "c": 2}[key]))
+    assert build("a") == (b"a", False)  # used last: kept, with "c"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["layer-a.tar", "layer-c.tar"]
+    assert built == ["a", "b", "c"]
+
+
 # --- the command line -----------------------------------------------------------------------------------
 
 
