@@ -206,6 +206,7 @@ DEFAULT_TAG: Final = "latest"
 ANNOTATION_OCI_REF_NAME: Final = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_IMAGE_NAME: Final = "io.containerd.image.name"
 NODE_IMAGES_TAR: Final = "node-images.tar"
+OPERATOR_IMAGE_TAR: Final = "operator-image.tar"  # `spo image build`'s output (below the images cache)
 BUSYBOX_PATH: Final = "/bin/busybox"  # Debian's busybox-static
 IMAGES_CACHE_SUBDIR: Final = "spo/images"  # below $XDG_CACHE_HOME (~/.cache)
 # OCI image-layout vocabulary (image-spec v1).

@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # python3-venv: a stock Debian python3 cannot `python3 -m venv` without it (no ensurepip).
 # secilc, policycoreutils, selinux-policy-default: RawSelinuxProfile policies are compiled in the tests.
 # busybox-static: the node's images are built from it; runc, CNI plugins, iptables, iproute2, nftables:
-# the node's runtime and network; auditd: the node's audit daemon (every seccomp line, none rate-limited).
+# the node's runtime and network; auditd: the node's audit daemon (every seccomp line, none rate-limited);
+# mmdebstrap and binutils (strip): the operator image's Debian base and libraries (`spo image build`).
 APT_PACKAGES=(openssl procps ca-certificates git python3-venv secilc policycoreutils selinux-policy-default
-  busybox-static runc containernetworking-plugins iptables iproute2 nftables auditd)
+  busybox-static runc containernetworking-plugins iptables iproute2 nftables auditd mmdebstrap binutils)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -12,7 +12,7 @@ import certs.cli
 import manifests.cli
 import reconciler.cli
 import webhooks.cli
-from spo import up
+from spo import operator_image, up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.cli.register_cli(subparsers)
     manifests.cli.register_cli(subparsers)
     up.register_cli(subparsers)
+    operator_image.register_cli(subparsers)
     return parser
 
 

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import posixpath
 import re
 import shutil
 import subprocess
@@ -89,6 +90,7 @@ class Kind(Enum):
     DIR = "dir"
     FILE = "file"
     SYMLINK = "symlink"
+    HARDLINK = "hardlink"  # `target`: the absolute path of a FILE entry of the same layer
 
 
 @dataclass(frozen=True)
@@ -116,12 +118,16 @@ def symlink(path: str, target: str) -> Entry:
     return Entry(path, Kind.SYMLINK, 0o777, target=target)
 
 
+# A layer as entries, or as a layer tar already written (e.g. cached by a build from an earlier run).
+Layer = tuple[Entry, ...] | bytes
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """An image: its reference as a pod spells it, its layers (bottom first) and its run configuration."""
 
     reference: str
-    layers: tuple[tuple[Entry, ...], ...]
+    layers: tuple[Layer, ...]
     cmd: tuple[str, ...]
     user: str = ""
     working_dir: str = ""
@@ -193,6 +199,13 @@ def layer_tar(entries: Iterable[Entry]) -> bytes:
         if entry.path in by_path:
             raise ValueError(f"layer lists {entry.path!r} twice")
         by_path[entry.path] = entry
+    for entry in by_path.values():
+        linked = by_path.get(entry.target)
+        # An importer links to a file it has already written: the target must come first.
+        if entry.kind is Kind.HARDLINK and (
+            linked is None or linked.kind is not Kind.FILE or _order(entry.target) > _order(entry.path)
+        ):
+            raise ValueError(f"hard link {entry.path!r} must follow the file it links to: {entry.target!r}")
 
     def member(entry: Entry) -> tuple[tarfile.TarInfo, bytes]:
         info = tarfile.TarInfo(entry.path.lstrip("/"))
@@ -201,12 +214,66 @@ def layer_tar(entries: Iterable[Entry]) -> bytes:
             info.type = tarfile.DIRTYPE
         elif entry.kind is Kind.SYMLINK:
             info.type, info.linkname = tarfile.SYMTYPE, entry.target
+        elif entry.kind is Kind.HARDLINK:
+            info.type, info.linkname = tarfile.LNKTYPE, entry.target.lstrip("/")
         else:
             info.size = len(entry.data)
         return info, entry.data
 
+    return _tar(member(by_path[path]) for path in sorted(by_path, key=_order))
+
+
+def _order(path: str) -> list[str]:
     # Sorting by path components (not by string) keeps "/a/b" right after "/a", before "/a-b".
-    return _tar(member(by_path[path]) for path in sorted(by_path, key=lambda p: p.split("/")))
+    return path.split("/")
+
+
+def archive_entries(archive: tarfile.TarFile) -> list[Entry]:
+    """The entries of a root file system tar (e.g. mmdebstrap's), owners and modes as they are in it.
+
+    Hard links stay links when their file sorts first (as layer_tar orders them), else become copies;
+    device nodes are left out: the container runtime provides /dev.
+    """
+    entries: list[Entry] = []
+    for info in archive:
+        path = posixpath.normpath("/" + info.name)
+        if path == "/" or info.ischr() or info.isblk() or info.isfifo():
+            continue
+        if info.isdir():
+            entries.append(Entry(path, Kind.DIR, info.mode, info.uid, info.gid))
+        elif info.issym():
+            entries.append(Entry(path, Kind.SYMLINK, 0o777, info.uid, info.gid, target=info.linkname))
+        elif info.islnk() and _order(target := posixpath.normpath("/" + info.linkname)) < _order(path):
+            entries.append(Entry(path, Kind.HARDLINK, info.mode, info.uid, info.gid, target=target))
+        elif info.isfile() or info.islnk():
+            content = archive.extractfile(info)
+            if content is None:
+                raise ImageBuildError(f"{archive.name!s}: cannot read {info.name}")
+            entries.append(Entry(path, Kind.FILE, info.mode, info.uid, info.gid, data=content.read()))
+        else:
+            raise ImageBuildError(f"{archive.name!s}: unsupported member {info.name} (type {info.type!r})")
+    return entries
+
+
+def tree_entries(root: Path) -> list[Entry]:
+    """The entries of a directory tree a build step wrote (pip's target), at the same paths below /.
+
+    Owned by root, with modes normalized (0755 for directories and executables, 0644 otherwise) so that
+    neither the builder's uid nor its umask changes the layer.
+    """
+    entries: list[Entry] = []
+    for path in sorted(root.rglob("*")):
+        name = "/" + path.relative_to(root).as_posix()
+        if path.is_symlink():
+            entries.append(symlink(name, os.readlink(path)))
+        elif path.is_dir():
+            entries.append(directory(name))
+        elif path.is_file():
+            executable = path.stat().st_mode & 0o100
+            entries.append(regular(name, path.read_bytes(), 0o755 if executable else 0o644))
+        else:
+            raise ImageBuildError(f"{path}: neither a file, a directory nor a symbolic link")
+    return entries
 
 
 def image_config(spec: ImageSpec, diff_ids: Sequence[str], architecture: str) -> dict[str, Any]:
@@ -254,7 +321,7 @@ def oci_layout(specs: Sequence[ImageSpec], architecture: str) -> dict[str, bytes
         if reference in seen:
             raise ValueError(f"two images are named {reference}")
         seen.add(reference)
-        layers = [layer_tar(entries) for entries in spec.layers]
+        layers = [layer if isinstance(layer, bytes) else layer_tar(layer) for layer in spec.layers]
         config = image_config(spec, [_digest(layer) for layer in layers], architecture)
         manifest = {
             "schemaVersion": 2,
@@ -455,14 +522,19 @@ def build_node_images(out_dir: Path, cache_dir: Path | None = None) -> Path:
     inputs = read_inputs(cache_dir or default_cache_dir(), architecture)
     data = layout_tar(oci_layout(node_image_specs(inputs), architecture))
     target = out_dir / NODE_IMAGES_TAR
+    write_if_changed(target, data)
+    return target
+
+
+def write_if_changed(target: Path, data: bytes) -> None:
+    """Write `data` to `target` atomically (0644), leaving an identical file untouched."""
     if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out_dir, prefix=f".{NODE_IMAGES_TAR}.", delete=False) as partial:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
         partial.write(data)
     os.chmod(partial.name, 0o644)
     Path(partial.name).replace(target)
-    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:

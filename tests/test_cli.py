@@ -8,7 +8,7 @@ import sys
 import pytest
 
 SPO = [sys.executable, "-m", "spo.cli"]
-SUBCOMMANDS = ["webhook", "reconciler", "agent", "certs", "manifests", "up", "down", "status"]
+SUBCOMMANDS = ["webhook", "reconciler", "agent", "certs", "manifests", "up", "down", "status", "image"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,7 +25,8 @@ def test_top_level_help_lists_every_subcommand() -> None:
 @pytest.mark.parametrize(
     "args",
     [[name, "--help"] for name in SUBCOMMANDS]
-    + [["certs", "generate", "--help"], ["manifests", "render", "--help"]],
+    + [["certs", "generate", "--help"], ["manifests", "render", "--help"]]
+    + [["image", command, "--help"] for command in ("build", "containerfile", "lock")],
 )
 def test_every_subcommand_has_help(args: list[str]) -> None:
     result = _run(*args)

@@ -251,6 +251,98 @@ def test_config_carries_the_run_settings() -> None:
     }
 
 
+def test_prebuilt_layer_is_stored_as_given() -> None:
+    layer = layer_tar([regular("/a", b"a")])
+    files = oci_layout([ImageSpec("x", (layer, (regular("/b", b"b"),)), ("sh",))], "amd64")
+    (image,) = read_layout(layout_tar(files)).values()
+    assert image.layers[0] == layer
+    assert image.read("b") == b"b"
+
+
+def _tar_of(*members: tuple[tarfile.TarInfo, bytes]) -> tarfile.TarFile:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            archive.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return tarfile.open(fileobj=buffer)
+
+
+def _member(name: str, kind: bytes, mode: int = 0o644, owner: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.linkname = kind, mode, owner, owner, link
+    return info
+
+
+def test_root_archive_keeps_owners_and_modes_copies_hard_links_and_drops_devices() -> None:
+    archive = _tar_of(
+        (_member("./", tarfile.DIRTYPE, 0o755), b""),
+        (_member("./var/mail/", tarfile.DIRTYPE, 0o2775, 8), b""),
+        (_member("./usr/bin/su", tarfile.REGTYPE, 0o4755), b"su"),
+        (_member("./usr/bin/su2", tarfile.LNKTYPE, 0o4755, link="./usr/bin/su"), b""),
+        (_member("./usr/bin/as", tarfile.LNKTYPE, 0o4755, link="./usr/bin/su"), b""),
+        (_member("./bin", tarfile.SYMTYPE, 0o777, link="usr/bin"), b""),
+        (_member("./dev/null", tarfile.CHRTYPE, 0o666), b""),
+    )
+    assert images.archive_entries(archive) == [
+        Entry("/var/mail", images.Kind.DIR, 0o2775, 8, 8),
+        Entry("/usr/bin/su", images.Kind.FILE, 0o4755, data=b"su"),
+        Entry("/usr/bin/su2", images.Kind.HARDLINK, 0o4755, target="/usr/bin/su"),
+        # Sorted before its file, a link would come first in the layer: it is copied instead.
+        Entry("/usr/bin/as", images.Kind.FILE, 0o4755, data=b"su"),
+        symlink("/bin", "usr/bin"),
+    ]
+
+
+def test_hard_link_is_written_after_its_file_and_reads_back_as_it() -> None:
+    layer = layer_tar(
+        [Entry("/b/link", images.Kind.HARDLINK, 0o755, target="/a/file"), regular("/a/file", b"x")]
+    )
+    with tarfile.open(fileobj=io.BytesIO(layer)) as archive:
+        assert archive.getnames() == ["a/file", "b/link"]
+        link = archive.extractfile("b/link")
+        assert link is not None and link.read() == b"x"
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [Entry("/a/link", images.Kind.HARDLINK, 0o755, target="/b/file"), regular("/b/file", b"x")],
+        [Entry("/b/link", images.Kind.HARDLINK, 0o755, target="/a/missing")],
+        [Entry("/b/link", images.Kind.HARDLINK, 0o755, target="/a"), directory("/a")],
+    ],
+)
+def test_hard_link_before_or_without_its_file_is_refused(entries: list[Entry]) -> None:
+    with pytest.raises(ValueError, match="must follow the file it links to"):
+        layer_tar(entries)
+
+
+def test_tree_is_read_with_normalized_owners_and_modes(tmp_path: Path) -> None:
+    old = os.umask(0o077)  # a restrictive umask must not change the layer
+    try:
+        (tmp_path / "lib" / "pkg").mkdir(parents=True)
+        (tmp_path / "lib" / "pkg" / "mod.py").write_text("x = 1\n")
+        (tmp_path / "lib" / "tool").write_text("#!/bin/sh\n")
+        (tmp_path / "lib" / "tool").chmod(0o700)
+        (tmp_path / "lib" / "link").symlink_to("pkg")
+    finally:
+        os.umask(old)
+    assert images.tree_entries(tmp_path) == [
+        directory("/lib"),
+        symlink("/lib/link", "pkg"),
+        directory("/lib/pkg"),
+        regular("/lib/pkg/mod.py", b"x = 1\n"),
+        regular("/lib/tool", b"#!/bin/sh\n", 0o755),
+    ]
+
+
+def test_special_file_in_a_tree_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(images.ImageBuildError, match="fifo: neither a file, a directory nor a symbolic link"):
+        images.tree_entries(tmp_path)
+
+
 def test_missing_image_file_is_named() -> None:
     inputs = NodeInputs(FAKE_INPUTS.busybox, FAKE_INPUTS.applets, FAKE_INPUTS.pause, files={})
     with pytest.raises(images.ImageBuildError, match=r"hack/images/files/spo-run is missing"):
