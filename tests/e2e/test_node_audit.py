@@ -251,3 +251,82 @@ def test_docs_recording_from_logs_makes_a_profile_that_runs_the_program(
     _exec(node_cluster, node_namespace, "replay", "sh", "-c", "mkdir /tmp/made; sleep 2")
     denied = _exec(node_cluster, node_namespace, "denied", "sh", "-c", "mkdir /tmp/made", check=False)
     assert denied.returncode != 0 and "Operation not permitted" in denied.stderr, denied
+
+
+def test_docs_merged_recording_of_a_deployment(
+    node_cluster: NodeCluster, node_namespace: str, log_enricher: None
+) -> None:
+    """Docs 7.6.3.1: three replicas recorded with `mergeStrategy: containers`; deleting the Deployment
+    leaves one partial profile per replica, deleting the recording one merged profile, Installed, with
+    the union of their syscalls."""
+    config = node_cluster.kubeconfig
+    wait_state(node_cluster.kube, constants.LOG_ENRICHER_TRACE_PROFILE, node_cluster.node.name, "Installed")
+    kubectl(config, "label", "ns", node_namespace, f"{constants.LABEL_ENABLE_RECORDING}=true")
+    recording = next(
+        o
+        for o in _docs_objects()
+        if o["kind"] == "ProfileRecording"
+        and o["spec"]["kind"] == "SeccompProfile"
+        and o["spec"].get("mergeStrategy") == "containers"
+    )
+    recording["metadata"]["namespace"] = node_namespace
+    kubectl(config, "-n", node_namespace, "apply", "-f", "-", stdin=yaml.safe_dump(recording))
+    kubectl(config, "-n", node_namespace, "create", "serviceaccount", "spo-record-sa")
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "nginx-deploy"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "sp-record"}},
+            "template": {
+                "metadata": {"labels": {"app": "sp-record"}},
+                "spec": {
+                    "serviceAccountName": "spo-record-sa",
+                    "containers": [
+                        {
+                            "name": "nginx-record",
+                            "image": constants.IMAGE_TEST_NGINX_UNPRIVILEGED,
+                            "ports": [{"containerPort": 8080}],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    kubectl(config, "-n", node_namespace, "apply", "-f", "-", stdin=yaml.safe_dump(deployment))
+    kubectl(config, "-n", node_namespace, "rollout", "status", "deployment/nginx-deploy", "--timeout=120s")
+    recorded = f"{constants.LABEL_RECORDING_ID}=test-recording"
+
+    def profiles() -> list[dict[str, Any]]:
+        listing = kubectl(config, "get", "seccompprofiles", "-l", recorded, "-o", "json").stdout
+        found: list[dict[str, Any]] = json.loads(listing)["items"]
+        return found
+
+    # Each replica's processes must have been seen before its pod ends.
+    eventually(
+        lambda: sum('container="nginx-record"' in line for line in _agent_log(node_cluster)) >= 3,
+        timeout=WAIT_SECONDS,
+        what="lines of the replicas",
+    )
+    kubectl(config, "-n", node_namespace, "delete", "deployment", "nginx-deploy")
+    eventually(lambda: len(profiles()) == 3, timeout=WAIT_SECONDS, what="three partial profiles")
+    partials = profiles()
+    assert all(p["metadata"]["labels"].get(constants.LABEL_PARTIAL) for p in partials)
+    assert all(p["metadata"]["name"].startswith("test-recording-nginx-record-") for p in partials)
+    union = set().union(*(_allowed(p) for p in partials))
+
+    kubectl(config, "-n", node_namespace, "delete", "profilerecording", "test-recording")
+    eventually(
+        lambda: [p["metadata"]["name"] for p in profiles()] == ["test-recording-nginx-record"],
+        timeout=WAIT_SECONDS,
+        what="one merged profile",
+    )
+    # As the docs show it: `kubectl get seccompprofiles -l spo.x-k8s.io/recording-id=test-recording`.
+    eventually(
+        lambda: "Installed" in kubectl(config, "get", "seccompprofiles", "-l", recorded).stdout,
+        timeout=WAIT_SECONDS,
+        what="the merged profile Installed",
+    )
+    (merged,) = profiles()
+    assert _allowed(merged) == union
