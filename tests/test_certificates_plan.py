@@ -20,6 +20,14 @@ VALIDITY = Validity(ca=datetime.timedelta(hours=3), serving=datetime.timedelta(h
 T0 = datetime.datetime.now(datetime.UTC)
 
 
+@pytest.fixture(autouse=True)
+def _now_is_when_the_test_starts() -> None:
+    """Certificates are issued at the real time: the plans' `now` must be this test's, not the time the
+    module was imported (a long session runs it minutes later)."""
+    global T0  # noqa: PLW0603 - every test's plans read it
+    T0 = datetime.datetime.now(datetime.UTC)
+
+
 def _issue(ca: KeyPair, hosts: Hosts, lifetime: datetime.timedelta) -> KeyPair:
     return certs.issue_certificate(
         ca, "webhook", dns_names=hosts.dns_names, ip_addresses=hosts.ip_addresses, lifetime=lifetime
