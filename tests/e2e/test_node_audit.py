@@ -297,7 +297,8 @@ def test_docs_merged_recording_of_a_deployment(
     kubectl(config, "-n", node_namespace, "apply", "-f", "-", stdin=yaml.safe_dump(deployment))
     kubectl(config, "-n", node_namespace, "rollout", "status", "deployment/nginx-deploy", "--timeout=120s")
     # The docs select by recording id; the namespace too keeps other tests' test-recording out.
-    recorded = f"{constants.LABEL_RECORDING_ID}=test-recording,{constants.LABEL_RECORDING_NAMESPACE}={node_namespace}"
+    by_namespace = f"{constants.LABEL_RECORDING_NAMESPACE}={node_namespace}"
+    recorded = f"{constants.LABEL_RECORDING_ID}=test-recording,{by_namespace}"
 
     def profiles() -> list[dict[str, Any]]:
         listing = kubectl(config, "get", "seccompprofiles", "-l", recorded, "-o", "json").stdout
