@@ -30,7 +30,7 @@ from agent.workqueue import WorkQueue
 from api import constants
 from api.baseprofiles import builtin_spec
 from api.kinds import NODE_STATUS, SPOD
-from api.kube import ResourceCache
+from api.kube import ResourceCache, post_event
 from api.types import (
     ProfileResource,
     ProfileState,
@@ -338,28 +338,20 @@ class Agent:
     ) -> None:
         """An Event on the profile (`kubectl describe`), once per change of this node's state. Events
         are best effort: a failure is logged, never retried."""
-        now = datetime.datetime.now(datetime.UTC)
-        name = profile.metadata.name or ""
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}."),
-            involved_object=client.V1ObjectReference(
+        post_event(
+            self._core,
+            _CLUSTER_SCOPED_EVENTS_NAMESPACE,
+            client.V1ObjectReference(
                 api_version=handler.kind.api_version,
                 kind=handler.kind.kind,
-                name=name,
+                name=profile.metadata.name or "",
                 uid=profile.metadata.uid,
             ),
+            event_type=kind,
             reason=reason,
             message=message,
-            type=kind,
             source=client.V1EventSource(component=_EVENT_COMPONENT, host=self.config.node_name),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
         )
-        try:
-            self._core.create_namespaced_event(_CLUSTER_SCOPED_EVENTS_NAMESPACE, event)
-        except ApiException as error:
-            log.warning("event %s on %s: %s", reason, name, error.reason)
 
     def _write_node_status(
         self, handler: KindHandler, profile: ProfileResource, state: ProfileState, message: str | None

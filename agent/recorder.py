@@ -33,7 +33,6 @@ What it does with them, on its worker thread (a crash at any point converges on 
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import platform
@@ -61,7 +60,7 @@ from agent.recording_logic import (
 )
 from agent.workqueue import WorkQueue
 from api import constants, kinds
-from api.kube import ResourceCache, server_side_apply
+from api.kube import ResourceCache, post_event, server_side_apply
 from api.types import ProfileRecording, SeccompProfile, SelinuxProfile
 
 log = logging.getLogger(__name__)
@@ -486,28 +485,21 @@ class Recorder:
     # --- events ---------------------------------------------------------------------------------
     def _event(self, ref: RecordingRef, kind: str, reason: str, message: str) -> None:
         """An Event on the recording (`kubectl describe profilerecording`); best effort."""
-        now = datetime.datetime.now(datetime.UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{ref.name}."),
-            involved_object=client.V1ObjectReference(
+        post_event(
+            self._core,
+            ref.namespace,
+            client.V1ObjectReference(
                 api_version=kinds.PROFILE_RECORDING.api_version,
                 kind=kinds.PROFILE_RECORDING.kind,
                 name=ref.name,
                 namespace=ref.namespace,
                 uid=ref.uid,
             ),
+            event_type=kind,
             reason=reason,
             message=message,
-            type=kind,
             source=client.V1EventSource(component=_EVENT_COMPONENT, host=self.node_name),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
         )
-        try:
-            self._core.create_namespaced_event(ref.namespace, event)
-        except ApiException as error:
-            log.warning("recorder: event %s on %s/%s: %s", reason, ref.namespace, ref.name, error.reason)
 
 
 def _partial_of(profile: SeccompProfile | SelinuxProfile, namespace: str, name: str) -> bool:

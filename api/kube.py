@@ -9,6 +9,7 @@ that the models reject (InvalidObject), so that nothing stored silently disappea
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import threading
@@ -386,3 +387,33 @@ def _version(obj: Resource | KubernetesObject | None) -> str | None:
 def _raw_key(raw: dict[str, Any]) -> str:
     metadata = raw.get("metadata", {})
     return f"{metadata.get('namespace') or ''}/{metadata.get('name')}"
+
+
+def post_event(
+    core: client.CoreV1Api,
+    namespace: str,
+    involved: client.V1ObjectReference,
+    *,
+    event_type: str,
+    reason: str,
+    message: str,
+    source: client.V1EventSource,
+) -> None:
+    """Record an Event about `involved` in `namespace` (`kubectl describe` shows it). Best effort: a
+    failure is logged, never raised or retried."""
+    now = datetime.datetime.now(datetime.UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{involved.name}.", namespace=namespace),
+        involved_object=involved,
+        reason=reason,
+        message=message,
+        type=event_type,
+        source=source,
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+    )
+    try:
+        core.create_namespaced_event(namespace, event)
+    except ApiException as error:
+        log.warning("event %s on %s %s/%s: %s", reason, involved.kind, namespace, involved.name, error.reason)

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from api import constants, kinds
 from api.baseprofiles import builtin_base_profiles
-from api.kube import ResourceCache
+from api.kube import ResourceCache, post_event
 from api.types import (
     KubernetesObject,
     SecurityProfilesOperatorDaemon,
@@ -274,28 +274,21 @@ class SpodReconciler:
         return True
 
     def _event(self, name: str, spod: SecurityProfilesOperatorDaemon | None, message: str) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=self.settings.namespace),
-            involved_object=client.V1ObjectReference(
+        post_event(
+            client.CoreV1Api(self.api),
+            self.settings.namespace,
+            client.V1ObjectReference(
                 api_version=kinds.SPOD.api_version,
                 kind=kinds.SPOD.kind,
                 name=name,
                 namespace=self.settings.namespace,
                 uid=spod.metadata.uid if spod is not None else None,
             ),
+            event_type="Warning",
             reason=constants.EVENT_REASON_INVALID_SPOD,
             message=message,
-            type="Warning",
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
             source=client.V1EventSource(component=constants.FIELD_MANAGER),
         )
-        try:
-            client.CoreV1Api(self.api).create_namespaced_event(self.settings.namespace, event)
-        except ApiException as error:
-            log.warning("could not record an event: %s", error)
 
 
 def _same(current: SPODStatus, wanted: SPODStatus) -> bool:

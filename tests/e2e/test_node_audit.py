@@ -77,7 +77,7 @@ def test_docs_log_enricher_names_the_pod_and_the_syscalls(
     trace = constants.LOG_ENRICHER_TRACE_PROFILE
     wait_state(node_cluster.kube, trace, node_cluster.node.name, "Installed")
     # The shell stays and waits for its children (wait4); each mkdir is a child gone within a millisecond,
-    # long before its line is read: it is attributed through its parent, the shell.
+    # usually before its line is read (then attributed through its parent; tests/test_lineage.py).
     pod = _pod(
         "traced",
         constants.IMAGE_TEST_BUSYBOX,
@@ -166,6 +166,22 @@ def _allowed(profile: dict[str, Any]) -> set[str]:
     return {n for entry in profile["spec"].get("syscalls") or [] for n in entry["names"]}
 
 
+def _record_as_the_docs(cluster: NodeCluster, namespace: str, merge_strategy: str | None) -> None:
+    """Docs 7.6.3 steps 1-3 (7.6.3.1 step 1 with a merge strategy): the trace profile on the node, the
+    namespace labelled, the docs' seccomp ProfileRecording in it (the docs' my-namespace is ours)."""
+    wait_state(cluster.kube, constants.LOG_ENRICHER_TRACE_PROFILE, cluster.node.name, "Installed")
+    kubectl(cluster.kubeconfig, "label", "ns", namespace, f"{constants.LABEL_ENABLE_RECORDING}=true")
+    recording = next(
+        o
+        for o in _docs_objects()
+        if o["kind"] == "ProfileRecording"
+        and o["spec"]["kind"] == "SeccompProfile"
+        and o["spec"].get("mergeStrategy") == merge_strategy
+    )
+    recording["metadata"]["namespace"] = namespace
+    kubectl(cluster.kubeconfig, "-n", namespace, "apply", "-f", "-", stdin=yaml.safe_dump(recording))
+
+
 def test_docs_recording_from_logs_makes_a_profile_that_runs_the_program(
     node_cluster: NodeCluster, node_namespace: str, log_enricher: None
 ) -> None:
@@ -173,17 +189,7 @@ def test_docs_recording_from_logs_makes_a_profile_that_runs_the_program(
     pod, a command run in it, the pod deleted: one SeccompProfile per container holding the syscalls
     its processes really made. The nginx profile then runs the same command; without mkdir, mkdir fails."""
     config = node_cluster.kubeconfig
-    wait_state(node_cluster.kube, constants.LOG_ENRICHER_TRACE_PROFILE, node_cluster.node.name, "Installed")
-    kubectl(config, "label", "ns", node_namespace, f"{constants.LABEL_ENABLE_RECORDING}=true")
-    recording = next(
-        o
-        for o in _docs_objects()
-        if o["kind"] == "ProfileRecording"
-        and o["spec"]["kind"] == "SeccompProfile"
-        and "mergeStrategy" not in o["spec"]
-    )
-    recording["metadata"]["namespace"] = node_namespace  # the docs' my-namespace
-    kubectl(config, "-n", node_namespace, "apply", "-f", "-", stdin=yaml.safe_dump(recording))
+    _record_as_the_docs(node_cluster, node_namespace, merge_strategy=None)
     _run(node_cluster, node_namespace, DOCS_RECORDED_POD)
     kubectl(
         config,
@@ -260,17 +266,7 @@ def test_docs_merged_recording_of_a_deployment(
     leaves one partial profile per replica, deleting the recording one merged profile, Installed, with
     the union of their syscalls."""
     config = node_cluster.kubeconfig
-    wait_state(node_cluster.kube, constants.LOG_ENRICHER_TRACE_PROFILE, node_cluster.node.name, "Installed")
-    kubectl(config, "label", "ns", node_namespace, f"{constants.LABEL_ENABLE_RECORDING}=true")
-    recording = next(
-        o
-        for o in _docs_objects()
-        if o["kind"] == "ProfileRecording"
-        and o["spec"]["kind"] == "SeccompProfile"
-        and o["spec"].get("mergeStrategy") == "containers"
-    )
-    recording["metadata"]["namespace"] = node_namespace
-    kubectl(config, "-n", node_namespace, "apply", "-f", "-", stdin=yaml.safe_dump(recording))
+    _record_as_the_docs(node_cluster, node_namespace, merge_strategy="containers")
     kubectl(config, "-n", node_namespace, "create", "serviceaccount", "spo-record-sa")
     deployment = {
         "apiVersion": "apps/v1",
