@@ -109,7 +109,7 @@ class Agent:
             for kind, handler in self._handlers.items()
         }
         self._statuses = ResourceCache(api, NODE_STATUS, SecurityProfileNodeStatus)
-        self._spods = ResourceCache(api, SPOD, SecurityProfilesOperatorDaemon)
+        self._spods = ResourceCache(api, SPOD, SecurityProfilesOperatorDaemon, config.namespace)
         self.metrics = Metrics(registry or CollectorRegistry(), [h.metric_prefix for h in handlers])
         self._queue = WorkQueue()
         self._finalizer = node_finalizer(config.node_name)

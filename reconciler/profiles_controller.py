@@ -131,13 +131,14 @@ class ProfileControllers:
         }
         self.node_statuses = ResourceCache(api, kinds.NODE_STATUS, SecurityProfileNodeStatus)
         self.node_statuses.add_index(_OWNER, _owner_keys)
-        self.leases = ResourceCache(api, kinds.LEASE, KubernetesObject)
+        # The heartbeat Leases live in the operator namespace, where the reconciler's Role reads.
+        self.leases = ResourceCache(api, kinds.LEASE, KubernetesObject, namespace)
         self.pods = ResourceCache(api, kinds.POD, workloads.PodSummary)
         self.pods.add_index(_REFERENCES, lambda pod: pod.references)
         self.pods.add_index(_RECORDINGS, lambda pod: pod.recordings)
         self.bindings = ResourceCache(api, kinds.PROFILE_BINDING, ProfileBinding)
         self.recordings = ResourceCache(api, kinds.PROFILE_RECORDING, ProfileRecording)
-        self.spods = ResourceCache(api, kinds.SPOD, SecurityProfilesOperatorDaemon)
+        self.spods = ResourceCache(api, kinds.SPOD, SecurityProfilesOperatorDaemon, namespace)
         self._spod_key = f"{namespace}/{constants.SPOD_NAME}"
         self.profiles[SeccompProfile.KIND].add_index(
             _BASES, lambda p: (p.spec.base_profile_name,) if p.spec.base_profile_name else ()
