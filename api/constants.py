@@ -114,6 +114,9 @@ WEBHOOK_SERVICE_ACCOUNT: Final = "spo-webhook"
 SPOD_SERVICE_ACCOUNT: Final = "spod"
 METRICS_CLIENT_ROLE: Final = "spo-metrics-client"
 METRICS_CLIENT_SERVICE_ACCOUNT: Final = "default"
+# How the apiserver names a service account's user, and the group of a namespace's service accounts.
+SERVICE_ACCOUNT_USER_PREFIX: Final = "system:serviceaccount:"
+SERVICE_ACCOUNTS_GROUP_PREFIX: Final = "system:serviceaccounts:"
 PATH_METRICS: Final = "/metrics"
 PATH_METRICS_SPOD: Final = "/metrics-spod"
 METRICS_PATHS: Final = (PATH_METRICS, PATH_METRICS_SPOD)
