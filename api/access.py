@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from api import constants
 from api.kinds import (
@@ -31,6 +31,8 @@ from api.kinds import (
     SELINUX_PROFILE,
     SPOD,
     VALIDATING_WEBHOOK_CONFIGURATION,
+    BuiltinKind,
+    ResourceKind,
 )
 
 
@@ -39,13 +41,6 @@ class Scope(enum.StrEnum):
     CLUSTER = "cluster"
     # The operator's namespace only: granted by a Role there.
     NAMESPACE = "namespace"
-
-
-class _Served(Protocol):
-    @property
-    def group(self) -> str: ...
-    @property
-    def plural(self) -> str: ...
 
 
 @dataclass(frozen=True, order=True)
@@ -91,7 +86,7 @@ VERB_ORDER: Final[tuple[str, ...]] = ("get", "list", "watch", "create", "update"
 
 def _on(
     scope: Scope,
-    served: Iterable[_Served],
+    served: Iterable[BuiltinKind | ResourceKind],
     verbs: tuple[str, ...],
     subresource: str = "",
     names: tuple[str, ...] = (),
