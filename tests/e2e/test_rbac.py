@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ class Cluster:
         stop_process(process.pid, process)
         self.plane.processes.pop(name, None)
 
-    def wait(self, condition: Any, what: str) -> None:
+    def wait(self, condition: Callable[[], object], what: str) -> None:
         self.plane.wait_until(lambda: bool(condition()), what)
 
 
