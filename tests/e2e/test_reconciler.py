@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 import certs
 from api import constants, kinds
 from api.baseprofiles import BUILTIN_SYSCALLS
+from api.nodepaths import NodePaths
 from api.types import SPODSpec
 from reconciler import spod as spod_config
 from reconciler.cli import build_manager
@@ -37,6 +38,8 @@ from tests.eventually import eventually
 from tests.kubectl import kubectl
 
 pytestmark = pytest.mark.e2e
+# A node that keeps its files elsewhere (as `spo up --in-cluster`'s): the DaemonSet must carry them.
+NODE_PATHS = NodePaths(kubelet_dir="/srv/node/kubelet", audit_log="/srv/node/audit/audit.log")
 
 
 class Reconciler:
@@ -49,6 +52,8 @@ class Reconciler:
                 "--namespace", namespace,
                 "--webhook-url", url,
                 "--ca-file", str(cluster.pki.ca_cert),
+                "--node-kubelet-dir", NODE_PATHS.kubelet_dir,
+                "--node-audit-log", NODE_PATHS.audit_log,
             ]
         )  # fmt: skip
         self.manager: Manager = build_manager(args)
@@ -105,11 +110,8 @@ class Reconciler:
         return (found.spec.template.metadata.annotations or {}).get(constants.ANNOTATION_SPOD_CONFIG_HASH)
 
     def expected_hash(self, spec: SPODSpec) -> str:
-        images = spod_config.Images(
-            operator=os.environ.get(constants.ENV_OPERATOR_IMAGE, constants.DEFAULT_IMAGE),
-            selinuxd=os.environ.get(constants.ENV_SELINUXD_IMAGE, constants.DEFAULT_SELINUXD_IMAGE),
-        )
-        rendered = spod_config.desired_daemonset(spec, self.namespace, images)
+        image = os.environ.get(constants.ENV_OPERATOR_IMAGE, constants.DEFAULT_IMAGE)
+        rendered = spod_config.desired_daemonset(spec, self.namespace, image, NODE_PATHS)
         value: str = rendered["spec"]["template"]["metadata"]["annotations"][
             constants.ANNOTATION_SPOD_CONFIG_HASH
         ]
