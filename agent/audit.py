@@ -85,21 +85,24 @@ class RecordingSink(Protocol):
 
 
 class AuditMetrics:
-    """The audit counters of docs table 7.1 (labels as upstream; it has no `executable` label)."""
+    """The audit counters of docs table 7.1 (labels as upstream; it has no `executable` label).
+    A process that never produces the log enricher's output (`audit_counters` False) does not serve
+    them: they would stay empty there and be mistaken for the log enricher's."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, audit_counters: bool = True) -> None:
         labels = ["node", "namespace", "pod", "container"]
+        counters = registry if audit_counters else CollectorRegistry()
         self.seccomp = Counter(
             f"{METRIC_PREFIX}seccomp_profile_audit",
             "Counter about seccomp profile audits, requires the log enricher to be enabled.",
             [*labels, "syscall"],
-            registry=registry,
+            registry=counters,
         )
         self.selinux = Counter(
             f"{METRIC_PREFIX}selinux_profile_audit",
             "Counter about selinux profile audits, requires the log enricher to be enabled.",
             [*labels, "scontext", "tcontext"],
-            registry=registry,
+            registry=counters,
         )
         self.unparsable = Counter(
             f"{METRIC_PREFIX}audit_unparsable_lines",

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.agent import Agent, AgentConfig, SpodWatch
 from agent.attribution import ContainerIndex, pod_selectors, watch_node_pods
-from agent.audit import AuditMetrics, AuditPipeline, Dispatch, audit_log_path, stdout_lines
+from agent.audit import AuditMetrics, AuditPipeline, Dispatch, Output, audit_log_path, stdout_lines
 from agent.auditsource import FileSource
 from agent.handlers import KindHandler, PolicyFiles, SeccompHandler, SelinuxHandler, seccomp_supported
 from agent.lineage import ForkWatch
@@ -171,9 +171,8 @@ def _start_audit(
     audit_log = audit_log_path(args.audit_log)
     memory_optimization = bool(spod.spec().enable_memory_optimization)
     recorder = Recorder(api, args.node_name, args.state_dir, registry=registry) if parts.recorder else None
-    dispatch = Dispatch(
-        args.node_name, args.proc, recorder, AuditMetrics(registry), stdout_lines(), allowed=parts.outputs
-    )
+    metrics = AuditMetrics(registry, audit_counters=Output.LOG_ENRICHER in parts.outputs)
+    dispatch = Dispatch(args.node_name, args.proc, recorder, metrics, stdout_lines(), allowed=parts.outputs)
     forks = ForkWatch()
     pipeline = AuditPipeline(
         lambda idle: FileSource(audit_log, on_idle=idle),

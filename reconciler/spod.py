@@ -191,14 +191,14 @@ def _profiles(spec: SPODSpec, image: str, paths: NodePaths) -> tuple[dict[str, A
     """The profiles container and its volumes: the kubelet's seccomp directory, where the agent writes
     `operator/<name>.json`, and with enableSelinux what semodule reads and writes."""
     seccomp_dir = posixpath.join(paths.kubelet_dir, "seccomp")
-    volumes = [
-        _host_path("host-seccomp-volume", seccomp_dir, "DirectoryOrCreate"),
-        {"name": "tmp-volume", "emptyDir": {}},  # SELinux policies are compiled in a temporary directory
-    ]
-    mounts = [_mount("host-seccomp-volume", seccomp_dir), _mount("tmp-volume", _TMP_DIR)]
+    volumes = [_host_path("host-seccomp-volume", seccomp_dir, "DirectoryOrCreate")]
+    mounts = [_mount("host-seccomp-volume", seccomp_dir)]
     args = [f"--kubelet-dir={paths.kubelet_dir}"]
     if spec.enable_selinux:
         args.append(f"--selinux-dir={paths.selinux_dir}")
+        # Policies are checked in a temporary directory.
+        volumes.append({"name": "tmp-volume", "emptyDir": {}})
+        mounts.append(_mount("tmp-volume", _TMP_DIR))
         selinux = [
             ("host-selinux-policy-volume", paths.selinux_dir, "DirectoryOrCreate"),
             ("host-etcselinux-volume", constants.SELINUX_CONFIG_DIR, "Directory"),

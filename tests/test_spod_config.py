@@ -155,7 +155,7 @@ def profiles(*args: str, mounts: dict[str, bool] | None = None, privileged: bool
     return Expected(
         "profiles",
         ["--metrics-port=9443", "--kubelet-dir=/srv/node/kubelet", *args],
-        {SECCOMP_DIR: False, "/tmp": False, **(mounts or {})},
+        {SECCOMP_DIR: False, **(mounts or {})},
         None if privileged else [],
     )
 
@@ -173,6 +173,7 @@ JSON_ENRICHER = Expected(
     ["NET_ADMIN", "SYS_PTRACE"],
 )
 SELINUX_MOUNTS = {
+    "/tmp": False,
     "/srv/node/selinux.d": False,
     "/etc/selinux": False,
     "/var/lib/selinux": False,
@@ -181,7 +182,7 @@ SELINUX_MOUNTS = {
 NO_SELINUX = profiles("--no-selinux")
 DIR = "Directory"
 CREATE = "DirectoryOrCreate"
-BASE_VOLUMES = {"host-seccomp-volume": (SECCOMP_DIR, CREATE), "tmp-volume": None}
+BASE_VOLUMES: dict[str, tuple[str, str] | None] = {"host-seccomp-volume": (SECCOMP_DIR, CREATE)}
 AUDIT_VOLUME = {"host-auditlog-volume": (AUDIT_DIR, CREATE)}
 STATE_VOLUME = {"host-state-volume": ("/srv/node/recordings", CREATE)}
 
@@ -192,6 +193,7 @@ FEATURES: dict[str, tuple[dict[str, Any], list[Expected], dict[str, tuple[str, s
         [profiles("--selinux-dir=/srv/node/selinux.d", mounts=SELINUX_MOUNTS, privileged=True)],
         {
             **BASE_VOLUMES,
+            "tmp-volume": None,
             "host-selinux-policy-volume": ("/srv/node/selinux.d", CREATE),
             "host-etcselinux-volume": ("/etc/selinux", DIR),
             "host-varlibselinux-volume": ("/var/lib/selinux", DIR),

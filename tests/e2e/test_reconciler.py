@@ -276,6 +276,32 @@ def test_json_enricher_adds_and_removes_the_exec_webhooks(reconciler: Reconciler
     eventually(lambda: names() == ["binding.spo.io", "recording.spo.io"], what="exec webhooks removed")
 
 
+def test_the_bpf_recorder_is_said_to_be_unsupported_once_and_rendered_as_nothing(
+    reconciler: Reconciler,
+) -> None:
+    core = client.CoreV1Api(reconciler.kube)
+
+    def warnings() -> list[str]:
+        events = core.list_namespaced_event(reconciler.namespace).items
+        return [e.message or "" for e in events if e.reason == constants.EVENT_REASON_UNSUPPORTED_FEATURE]
+
+    reconciler.patch({"spec": {"enableBpfRecorder": True}})
+    spec = SPODSpec.model_validate({**default_spod_dict()["spec"], "enableBpfRecorder": True})
+    reconciler.wait_configured(spec)
+    eventually(lambda: len(warnings()) == 1, what="the UnsupportedFeature event")
+    assert "enableBpfRecorder" in warnings()[0]
+    # A further pass (a change that alters the pods) does not say it again.
+    reconciler.patch({"spec": {"verbosity": 1}})
+    reconciler.wait_configured(spec.model_copy(update={"verbosity": 1}))
+    assert len(warnings()) == 1
+    daemonset = client.AppsV1Api(reconciler.kube).read_namespaced_daemon_set(
+        constants.SPOD_NAME, reconciler.namespace
+    )
+    assert daemonset.spec is not None and daemonset.spec.template.spec is not None
+    containers = daemonset.spec.template.spec.containers
+    assert [c.name for c in containers] == ["security-profiles-operator"]
+
+
 def test_a_foreign_selector_term_is_kept_and_causes_no_writes(reconciler: Reconciler) -> None:
     reconciler.wait_configured(SPODSpec.model_validate(default_spod_dict()["spec"]))
     mutating = reconciler.mutating()
