@@ -91,12 +91,35 @@ class Metrics:
             )
 
 
+class SpodWatch:
+    """The operator's spod, from a watch: what every part of the agent follows. Started, and synced,
+    before the parts that read it."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        # The operator namespace's only, where the spod's Role reads.
+        self.cache = ResourceCache(api, SPOD, SecurityProfilesOperatorDaemon, namespace)
+        self._namespace = namespace
+
+    def spod(self) -> SecurityProfilesOperatorDaemon | None:
+        return self.cache.get(constants.SPOD_NAME, self._namespace)
+
+    def spec(self) -> SPODSpec:
+        spod = self.spod()
+        return spod.spec if spod is not None else SPODSpec()
+
+    def start(self) -> None:
+        self.cache.start()
+        if not self.cache.wait_synced(SYNC_TIMEOUT_SECONDS):
+            raise TimeoutError(f"the {SPOD.plural} cache did not sync")
+
+
 class Agent:
     def __init__(
         self,
         api: client.ApiClient,
         config: AgentConfig,
         handlers: Sequence[KindHandler],
+        spod: SpodWatch,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
@@ -109,7 +132,7 @@ class Agent:
             for kind, handler in self._handlers.items()
         }
         self._statuses = ResourceCache(api, NODE_STATUS, SecurityProfileNodeStatus)
-        self._spods = ResourceCache(api, SPOD, SecurityProfilesOperatorDaemon, config.namespace)
+        self._spod = spod
         self.metrics = Metrics(registry or CollectorRegistry(), [h.metric_prefix for h in handlers])
         self._queue = WorkQueue()
         self._finalizer = node_finalizer(config.node_name)
@@ -119,11 +142,10 @@ class Agent:
 
     # --- the read-only view handlers decide from ------------------------------------------------
     def spod(self) -> SecurityProfilesOperatorDaemon | None:
-        return self._spods.get(constants.SPOD_NAME, self.config.namespace)
+        return self._spod.spod()
 
     def spod_spec(self) -> SPODSpec:
-        spod = self.spod()
-        return spod.spec if spod is not None else SPODSpec()
+        return self._spod.spec()
 
     def selinux_profiles(self) -> Mapping[str, SelinuxProfile]:
         """The SelinuxProfiles by name, which others inherit (none when this agent does not watch them)."""
@@ -139,11 +161,12 @@ class Agent:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        """Once the spod watch is started (handlers decide from the spod)."""
         for kind, cache in self._profiles.items():
             cache.add_event_handler(functools.partial(self._on_profile, kind))
         self._statuses.add_event_handler(self._on_node_status)
-        self._spods.add_event_handler(lambda _spod: self._enqueue_all())
-        caches = [*self._profiles.values(), self._statuses, self._spods]
+        self._spod.cache.add_event_handler(lambda _spod: self._enqueue_all())
+        caches = [*self._profiles.values(), self._statuses]
         for cache in caches:
             cache.start()
         for cache in caches:
@@ -162,7 +185,7 @@ class Agent:
     def stop(self) -> None:
         self._stopping.set()
         self._queue.stop()
-        for cache in [*self._profiles.values(), self._statuses, self._spods]:
+        for cache in [*self._profiles.values(), self._statuses]:
             cache.stop()
         for thread in self._threads:
             thread.join(timeout=10)

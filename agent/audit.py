@@ -11,8 +11,9 @@ An event whose container the index does not know yet (the pod watch has not seen
 bounded backlog and is dispatched when the watch reports the container; host processes are never
 reported. What is dispatched follows the spod at the time of the event: `enableLogEnricher` (log lines,
 the audit counters, recording from logs), `enableJsonEnricher` (JSON records to stdout or
-`jsonEnricherOptions.auditLogPath`), and their filters; with both off the lines are read and dropped
-unparsed.
+`jsonEnricherOptions.auditLogPath`), and their filters, within the outputs the process's role allows
+(`Output`: the spod DaemonSet runs each enricher in a container of its own); with no output on, the
+lines are read and dropped unparsed.
 
 Every step that touches the outside (the source, /proc, the writers) is in the modules named above; this
 module only joins them, so its rules are those of `Dispatch` (pure but for the outputs it is given).
@@ -20,6 +21,7 @@ module only joins them, so its rules are those of `Dispatch` (pure but for the o
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import sys
@@ -46,6 +48,28 @@ METRIC_PREFIX = "security_profiles_operator_"
 HOUSEKEEPING_SECONDS = 1.0
 
 
+class Output(enum.Enum):
+    """What the pipeline may produce. A role of `spo agent` allows some (agent/roles.py); the spod
+    switches each on or off at run time, and an output is produced only where both agree."""
+
+    # The log enricher's lines, the audit counters and recording from logs (docs 7.6.3: recording
+    # follows the log enricher).
+    LOG_ENRICHER = enum.auto()
+    JSON_ENRICHER = enum.auto()  # the JSON enricher's records
+
+
+ALL_OUTPUTS: frozenset[Output] = frozenset(Output)
+
+
+def outputs_on(spec: SPODSpec, allowed: frozenset[Output]) -> frozenset[Output]:
+    """The outputs the spod switches on, of those allowed."""
+    switched = {
+        Output.LOG_ENRICHER: spec.enable_log_enricher,
+        Output.JSON_ENRICHER: spec.enable_json_enricher,
+    }
+    return frozenset(output for output in allowed if switched[output])
+
+
 class BlockSource(Protocol):
     def blocks(self, stop: threading.Event) -> Iterator[str]: ...
 
@@ -61,21 +85,24 @@ class RecordingSink(Protocol):
 
 
 class AuditMetrics:
-    """The audit counters of docs table 7.1 (labels as upstream; it has no `executable` label)."""
+    """The audit counters of docs table 7.1 (labels as upstream; it has no `executable` label).
+    A process that never produces the log enricher's output (`audit_counters` False) does not serve
+    them: they would stay empty there and be mistaken for the log enricher's."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, audit_counters: bool = True) -> None:
         labels = ["node", "namespace", "pod", "container"]
+        counters = registry if audit_counters else CollectorRegistry()
         self.seccomp = Counter(
             f"{METRIC_PREFIX}seccomp_profile_audit",
             "Counter about seccomp profile audits, requires the log enricher to be enabled.",
             [*labels, "syscall"],
-            registry=registry,
+            registry=counters,
         )
         self.selinux = Counter(
             f"{METRIC_PREFIX}selinux_profile_audit",
             "Counter about selinux profile audits, requires the log enricher to be enabled.",
             [*labels, "scontext", "tcontext"],
-            registry=registry,
+            registry=counters,
         )
         self.unparsable = Counter(
             f"{METRIC_PREFIX}audit_unparsable_lines",
@@ -106,7 +133,8 @@ class _Filters:
 
 @dataclass
 class Dispatch:
-    """What one attributed event becomes, by the spod's switches. Owned by the audit thread."""
+    """What one attributed event becomes, by the spod's switches and the outputs this process may
+    produce (`allowed`). Owned by the audit thread."""
 
     node_name: str
     proc: Path
@@ -114,21 +142,33 @@ class Dispatch:
     metrics: AuditMetrics
     emit_line: Callable[[str], None]
     open_json: Callable[[JsonEnricherOptions | None], jsonaudit.LineWriter] = jsonaudit.open_writer
+    allowed: frozenset[Output] = ALL_OUTPUTS
     _log_filters: _Filters = field(default_factory=_Filters)
     _json_filters: _Filters = field(default_factory=_Filters)
     _aggregator: jsonaudit.Aggregator | None = None
     _writer: jsonaudit.LineWriter | None = None
     _json_options: JsonEnricherOptions | None = None
 
+    def outputs(self, spec: SPODSpec) -> frozenset[Output]:
+        return outputs_on(spec, self.allowed)
+
     def event(self, spec: SPODSpec, event: AuditEvent, info: ContainerInfo, start_time: int | None) -> None:
+        outputs = self.outputs(spec)
         if isinstance(event, SeccompEvent):
-            self._seccomp(spec, event, info, start_time)
-        else:
+            self._seccomp(spec, outputs, event, info, start_time)
+        elif Output.LOG_ENRICHER in outputs:
             self._avc(spec, event, info)
 
-    def _seccomp(self, spec: SPODSpec, event: SeccompEvent, info: ContainerInfo, start: int | None) -> None:
+    def _seccomp(
+        self,
+        spec: SPODSpec,
+        outputs: frozenset[Output],
+        event: SeccompEvent,
+        info: ContainerInfo,
+        start: int | None,
+    ) -> None:
         name = syscall_name(event.syscall, event.arch)
-        if spec.enable_log_enricher:
+        if Output.LOG_ENRICHER in outputs:
             record = enricher.seccomp_record(
                 timestamp=event.audit_id,
                 node=self.node_name,
@@ -144,12 +184,10 @@ class Dispatch:
                 ).inc()
             if info.seccomp_recording and self.recorder is not None:
                 self.recorder.record_syscall(info.namespace, info.pod, info.container, name)
-        if spec.enable_json_enricher:
+        if Output.JSON_ENRICHER in outputs:
             self._json(spec, event, info, start, name)
 
     def _avc(self, spec: SPODSpec, event: AvcEvent, info: ContainerInfo) -> None:
-        if not spec.enable_log_enricher:
-            return
         record = enricher.selinux_record(
             timestamp=event.audit_id,
             node=self.node_name,
@@ -273,7 +311,7 @@ class AuditPipeline:
         try:
             for block in self._source.blocks(self._stop):
                 spec = self._spec()
-                if spec.enable_log_enricher or spec.enable_json_enricher:
+                if self._dispatch.outputs(spec):
                     self._block(spec, block)
                 self.housekeeping()
         except OSError as error:

@@ -1,25 +1,30 @@
-"""`spo agent`: the node agent, one per node (the spod DaemonSet in a cluster, a host process under
-`spo up`). Every host path is a flag with the upstream default, so tests and `spo up` point it elsewhere."""
+"""`spo agent`: the node agent, one per node (a host process under `spo up`; in a cluster the spod
+DaemonSet, one container per `--role`, agent/roles.py). Every host path is a flag with the upstream
+default, so tests and `spo up` point it elsewhere."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
+from prometheus_client import CollectorRegistry
 
-from agent.agent import Agent, AgentConfig
+from agent.agent import Agent, AgentConfig, SpodWatch
 from agent.attribution import ContainerIndex, pod_selectors, watch_node_pods
-from agent.audit import AuditMetrics, AuditPipeline, Dispatch, audit_log_path, stdout_lines
+from agent.audit import AuditMetrics, AuditPipeline, Dispatch, Output, audit_log_path, stdout_lines
 from agent.auditsource import FileSource
 from agent.handlers import KindHandler, PolicyFiles, SeccompHandler, SelinuxHandler, seccomp_supported
 from agent.lineage import ForkWatch
 from agent.recorder import Recorder
+from agent.roles import ROLES, Parts
 from agent.selinux import (
     SELINUX_MODE_COMPILE_ONLY,
     SELINUX_MODE_SEMODULE,
@@ -50,10 +55,20 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             "Lease; follow the audit log (--audit-log) and, as the spod enables them, print the log "
             "enricher's lines and the JSON enricher's records for this node's containers; "
             f"serve {constants.PATH_METRICS_SPOD}, {constants.PATH_METRICS} and "
-            f"{constants.PATH_HEALTHZ}. SIGTERM stops it."
+            f"{constants.PATH_HEALTHZ}. --role runs one part of this (the spod DaemonSet runs one "
+            "container per part). SIGTERM stops it."
         ),
     )
     parser.add_argument("--node-name", required=True, help="the Kubernetes node this agent serves")
+    parser.add_argument(
+        "--role",
+        choices=tuple(ROLES),
+        default=constants.AGENT_ROLE_ALL,
+        help=f"{constants.AGENT_ROLE_PROFILES}: profile files, node statuses, heartbeat; "
+        f"{constants.AGENT_ROLE_LOG_ENRICHER}: the log enricher's lines, audit counters and recording; "
+        f"{constants.AGENT_ROLE_JSON_ENRICHER}: the JSON enricher's records; "
+        f"{constants.AGENT_ROLE_ALL} (default): all of them",
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG, in-cluster)")
     parser.add_argument("--namespace", default=constants.DEFAULT_NAMESPACE, help="the operator's namespace")
     parser.add_argument("--kubelet-dir", type=Path, default=Path(constants.KUBELET_DIR))
@@ -62,6 +77,13 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         type=Path,
         default=Path(constants.SELINUX_POLICY_DIR),
         help="where SELinux policies go",
+    )
+    parser.add_argument(
+        "--selinux",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="install SelinuxProfiles and RawSelinuxProfiles (--no-selinux: leave them to no one, as "
+        "the spod DaemonSet does without enableSelinux)",
     )
     parser.add_argument(
         "--selinux-mode",
@@ -88,71 +110,94 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="spo-agent-selinux-") as work_dir:
-        return _run(args, Path(work_dir))
-
-
-def _run(args: argparse.Namespace, selinux_work_dir: Path) -> int:
-    """`selinux_work_dir` keeps what compile-only compiles every policy with (the converted base policy)."""
-    proc: Path = args.proc
-    # Both SELinux kinds keep their policies in one directory.
-    policies = PolicyFiles(open_store(args.selinux_mode, args.selinux_dir, selinux_work_dir))
-    handlers: list[KindHandler] = [
-        SeccompHandler(args.kubelet_dir, lambda: seccomp_supported(proc)),
-        SelinuxHandler(SELINUX_PROFILE, policies),
-        SelinuxHandler(RAW_SELINUX_PROFILE, policies),
-    ]
+    parts = ROLES[args.role]
     api = api_client(args.kubeconfig)
-    agent = Agent(api, AgentConfig(args.node_name, args.namespace), handlers)
-    server = serve(args.host, args.metrics_port, agent.metrics.registry, agent.ready)
+    registry = CollectorRegistry()
+    spod = SpodWatch(api, args.namespace)
+    checks: list[Callable[[], bool]] = [spod.cache.has_synced]
+    server = serve(args.host, args.metrics_port, registry, lambda: all(check() for check in checks))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    agent.start()
-    stop_audit = _start_audit(api, agent, args)
-    log.info("agent for node %s started", args.node_name)
-    stop.wait()
-    server.shutdown()
-    stop_audit()
-    agent.stop()
+    with contextlib.ExitStack() as running:
+        running.callback(server.shutdown)
+        running.callback(spod.cache.stop)
+        spod.start()
+        if parts.profiles:
+            agent = _start_profiles(api, spod, registry, args, running)
+            checks.append(agent.ready)
+        if parts.outputs:
+            checks.append(_start_audit(api, spod, registry, args, parts=parts, running=running))
+        log.info("agent (%s) for node %s started", args.role, args.node_name)
+        stop.wait()
     return 0
 
 
-def _start_audit(api: client.ApiClient, agent: Agent, args: argparse.Namespace) -> Callable[[], None]:
-    """The audit pipeline and the watch of this node's pods it attributes lines to; returns its stop.
-    Memory optimisation is read once: a spod change restarts the agent (the DaemonSet rolls)."""
+def _start_profiles(
+    api: client.ApiClient,
+    spod: SpodWatch,
+    registry: CollectorRegistry,
+    args: argparse.Namespace,
+    running: contextlib.ExitStack,
+) -> Agent:
+    """Profile files, node statuses and finalizers, heartbeat; stopped with `running`."""
+    proc: Path = args.proc
+    handlers: list[KindHandler] = [SeccompHandler(args.kubelet_dir, lambda: seccomp_supported(proc))]
+    if args.selinux:
+        # What compile-only compiles every policy with (the converted base policy) is kept here.
+        work_dir = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="spo-agent-selinux-")))
+        # Both SELinux kinds keep their policies in one directory.
+        policies = PolicyFiles(open_store(args.selinux_mode, args.selinux_dir, work_dir))
+        handlers += [SelinuxHandler(SELINUX_PROFILE, policies), SelinuxHandler(RAW_SELINUX_PROFILE, policies)]
+    agent = Agent(api, AgentConfig(args.node_name, args.namespace), handlers, spod, registry)
+    running.callback(agent.stop)
+    agent.start()
+    return agent
+
+
+def _start_audit(
+    api: client.ApiClient,
+    spod: SpodWatch,
+    registry: CollectorRegistry,
+    args: argparse.Namespace,
+    *,
+    parts: Parts,
+    running: contextlib.ExitStack,
+) -> Callable[[], bool]:
+    """The audit pipeline with the outputs of `parts`, and the watch of this node's pods it attributes
+    lines to; stopped with `running`. Returns whether its watches have synced. Memory optimisation is
+    read once: a spod change restarts the agent (the DaemonSet rolls)."""
     index = ContainerIndex()
     audit_log = audit_log_path(args.audit_log)
-    registry = agent.metrics.registry
-    recorder = Recorder(api, args.node_name, args.state_dir, registry=registry)
-    recorder.start()
-    dispatch = Dispatch(args.node_name, args.proc, recorder, AuditMetrics(registry), stdout_lines())
+    memory_optimization = bool(spod.spec().enable_memory_optimization)
+    recorder = Recorder(api, args.node_name, args.state_dir, registry=registry) if parts.recorder else None
+    metrics = AuditMetrics(registry, audit_counters=Output.LOG_ENRICHER in parts.outputs)
+    dispatch = Dispatch(args.node_name, args.proc, recorder, metrics, stdout_lines(), allowed=parts.outputs)
     forks = ForkWatch()
-    forks.start()
     pipeline = AuditPipeline(
         lambda idle: FileSource(audit_log, on_idle=idle),
         dispatch,
         index,
-        agent.spod_spec,
+        spod.spec,
         args.proc,
         parent_of=forks.parent,
     )
-    memory_optimization = bool(agent.spod_spec().enable_memory_optimization)
-    pods = watch_node_pods(api, args.node_name, memory_optimization, index, pipeline.new_containers)
-    recorded_pods = _recorded_pods(api, args.node_name, memory_optimization, recorder)
-    for cache in (pods, recorded_pods):
+    caches: list[ResourceCache[Any]] = [
+        watch_node_pods(api, args.node_name, memory_optimization, index, pipeline.new_containers)
+    ]
+    if recorder is not None:
+        recorder.start()
+        running.callback(recorder.stop)
+        caches.append(_recorded_pods(api, args.node_name, memory_optimization, recorder))
+    forks.start()
+    running.callback(forks.stop)
+    for cache in caches:
         cache.start()
+        running.callback(cache.stop)
     pipeline.start()
-    log.info("following %s for the enrichers and the recorder", audit_log)
-
-    def stop() -> None:
-        pipeline.stop()
-        for cache in (pods, recorded_pods):
-            cache.stop()
-        forks.stop()
-        recorder.stop()
-
-    return stop
+    running.callback(pipeline.stop)
+    log.info("following %s for the %s", audit_log, ", ".join(sorted(o.name for o in parts.outputs)))
+    return lambda: all(cache.has_synced() for cache in caches)
 
 
 def _recorded_pods(

@@ -170,7 +170,6 @@ AUDIT_LOG_PATH: Final = "/var/log/audit/audit.log"
 SYSLOG_PATH: Final = "/var/log/syslog"
 # The kernel's log as records: the audit source for hosts without auditd (kauditd prints there).
 KMSG_PATH: Final = "/dev/kmsg"
-RECORDINGS_DIR: Final = "/tmp/security-profiles-operator-recordings"
 WEBHOOK_CERT_DIR: Final = "/tmp/k8s-webhook-server/serving-certs"
 
 # --- built-in profile names ---------------------------------------------------------------------
@@ -280,6 +279,12 @@ HEARTBEAT_LEASE_PREFIX: Final = "spod-heartbeat-"
 HEARTBEAT_LEASE_DURATION_SECONDS: Final = 40
 HEARTBEAT_RENEW_SECONDS: Final = 10
 PROC_DIR: Final = "/proc"
+# `spo agent --role`: which parts one process runs (agent/roles.py). The spod DaemonSet runs one
+# container per part, named as the docs name them; `spo up` runs one process with all of them.
+AGENT_ROLE_ALL: Final = "all"
+AGENT_ROLE_PROFILES: Final = "profiles"
+AGENT_ROLE_LOG_ENRICHER: Final = "log-enricher"
+AGENT_ROLE_JSON_ENRICHER: Final = "json-enricher"
 # Built-in base profiles (api/baseprofiles.py) carry this label so users can tell them from their own.
 LABEL_BUILTIN_BASE_PROFILE: Final = "spo.x-k8s.io/builtin-base-profile"
 
@@ -313,12 +318,21 @@ LEADER_LEASE: Final = "security-profiles-operator-lock"  # upstream's leader ele
 # change that alters the DaemonSet rolls its pods (docs: "each configuration change triggers a restart").
 ANNOTATION_SPOD_CONFIG_HASH: Final = "security-profiles-operator.x-k8s.io/config-hash"
 FINALIZER_SPOD: Final = "security-profiles-operator.x-k8s.io/spod-cleanup"
-ENV_SELINUXD_IMAGE: Final = "RELATED_IMAGE_SELINUXD"
-DEFAULT_SELINUXD_IMAGE: Final = "quay.io/security-profiles-operator/selinuxd"
 SPOD_CONDITION_READY: Final = "Ready"
 EVENT_REASON_INVALID_SPOD: Final = "InvalidConfiguration"
+# Each container of a spod pod serves its metrics and /healthz on a port of its own: they share the
+# pod's network namespace (the host's, when an enricher runs). The metrics Service targets the first.
 SPOD_METRICS_PORT: Final = 9443
-SPOD_HEALTH_PORT: Final = 8085
+LOG_ENRICHER_METRICS_PORT: Final = 9444
+JSON_ENRICHER_METRICS_PORT: Final = 9445
+# The spod's hostProcVolumePath is mounted here in the enricher containers: runc refuses bind mounts
+# onto /proc, where the docs' paths (`^/proc(/.*)?$`) would go.
+SPOD_HOST_PROC_MOUNT: Final = "/host/proc"
+# SELinux's host directories semodule reads and writes, mounted into the spod pod with enableSelinux.
+SELINUX_CONFIG_DIR: Final = "/etc/selinux"
+SELINUX_STORE_DIR: Final = "/var/lib/selinux"
+EVENT_REASON_UNSUPPORTED_FEATURE: Final = "UnsupportedFeature"
+LOG_ENRICHER_SOURCE_BPF: Final = "bpf"  # the spod's logEnricherSource for upstream's eBPF audit source
 
 # --- profile status, deletion protection, recording merge (reconciler) ----------------------------
 CONDITION_READY: Final = "Ready"

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from api.constants import DEFAULT_IMAGE, DEFAULT_NAMESPACE
+from api.nodepaths import NodePaths
 from manifests.crds import all_crds
 from manifests.deploy import deployment_objects
 
@@ -21,10 +22,16 @@ __all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "render", "to_yaml"]
 
 
 def render(
-    namespace: str = DEFAULT_NAMESPACE, image: str = DEFAULT_IMAGE, *, cert_manager: bool = False
+    namespace: str = DEFAULT_NAMESPACE,
+    image: str = DEFAULT_IMAGE,
+    *,
+    cert_manager: bool = False,
+    node_paths: NodePaths | None = None,
 ) -> list[dict[str, Any]]:
-    """CRDs, then the deployment objects (Namespace first): the order `kubectl apply` needs."""
-    return [*all_crds(), *deployment_objects(namespace, image, cert_manager=cert_manager)]
+    """CRDs, then the deployment objects (Namespace first): the order `kubectl apply` needs.
+    `node_paths`: where the nodes keep what the agents use (the reconciler renders the DaemonSet so)."""
+    objects = deployment_objects(namespace, image, cert_manager=cert_manager, node_paths=node_paths)
+    return [*all_crds(), *objects]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from api import validation
+from api import nodepaths, validation
 from manifests import DEFAULT_IMAGE, DEFAULT_NAMESPACE, render, to_yaml
 
 # argparse's own usage errors exit with 2; a namespace the apiserver would refuse gets the same code.
@@ -42,6 +42,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_true",
         help="add a self-signed cert-manager Issuer and Certificate for the webhook's serving Secret",
     )
+    nodepaths.add_arguments(render_parser)
     render_parser.set_defaults(func=_render)
 
 
@@ -51,5 +52,11 @@ def _render(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"spo manifests render: error: --namespace: {exc}", file=sys.stderr)
         return _USAGE_ERROR
-    sys.stdout.write(to_yaml(render(args.namespace, args.image, cert_manager=args.cert_manager)))
+    objects = render(
+        args.namespace,
+        args.image,
+        cert_manager=args.cert_manager,
+        node_paths=nodepaths.from_arguments(args),
+    )
+    sys.stdout.write(to_yaml(objects))
     return 0

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any, Final
 
-from api import access, constants
+from api import access, constants, nodepaths
 from api.access import VERB_ORDER, Access, Scope, grants
+from api.nodepaths import NodePaths
 
 _RBAC: Final = "rbac.authorization.k8s.io"
-# The spod pods run privileged containers (log enricher, selinuxd, bpf recorder).
+# The spod pods use the host's PID and network namespaces and its directories (and, with enableSelinux,
+# a privileged container).
 _POD_SECURITY_LEVEL: Final = "privileged"
 _JSON_ENRICHER_LOG_VOLUME_SIZE: Final = "500Mi"
 _WEBHOOK_DRAIN_SECONDS: Final = 5
@@ -31,7 +33,9 @@ _SECCOMP_ARCHITECTURES: Final = (
 )
 
 
-def deployment_objects(namespace: str, image: str, *, cert_manager: bool = False) -> list[dict[str, Any]]:
+def deployment_objects(
+    namespace: str, image: str, *, cert_manager: bool = False, node_paths: NodePaths | None = None
+) -> list[dict[str, Any]]:
     """Every static object but the CRDs, in apply order (Namespace first, workloads after what they use)."""
     objects: list[dict[str, Any]] = [
         _namespace(namespace),
@@ -53,7 +57,9 @@ def deployment_objects(namespace: str, image: str, *, cert_manager: bool = False
         objects.extend(_cert_manager_objects(namespace))
     objects.extend(
         [
-            _reconciler_deployment(namespace, image, cert_manager=cert_manager),
+            _reconciler_deployment(
+                namespace, image, cert_manager=cert_manager, node_paths=node_paths or NodePaths()
+            ),
             _webhook_deployment(namespace, image),
             _webhook_disruption_budget(namespace),
         ]
@@ -170,11 +176,18 @@ def _metrics_client_rbac(namespace: str) -> list[dict[str, Any]]:
 # --- workloads ------------------------------------------------------------------------------------------
 
 
-def _reconciler_deployment(namespace: str, image: str, *, cert_manager: bool) -> dict[str, Any]:
+def _reconciler_deployment(
+    namespace: str, image: str, *, cert_manager: bool, node_paths: NodePaths
+) -> dict[str, Any]:
     # With cert-manager, the reconciler leaves the webhook's Secret and the CA to it.
     container = _container(
         image,
-        ["reconciler", "--leader-elect", *(["--cert-manager"] if cert_manager else [])],
+        [
+            "reconciler",
+            "--leader-elect",
+            *(["--cert-manager"] if cert_manager else []),
+            *nodepaths.arguments(node_paths),
+        ],
         port=("health", constants.HEALTH_PORT, "HTTP"),
         resources=_resources(cpu="100m", memory="128Mi", memory_limit="512Mi"),
         env=[{"name": constants.ENV_OPERATOR_IMAGE, "value": image}],
@@ -348,7 +361,7 @@ def _seccomp_profile(extra_syscalls: Sequence[str] = ()) -> str:
 
 
 def _profile_configmap(namespace: str) -> dict[str, Any]:
-    """Files the reconciler and the spod init container read (inventory section 3.5)."""
+    """Upstream's files (inventory section 3.5); the reconciler reads the JSON enricher's log volume."""
     data = {
         constants.PROFILE_KEY_DAEMON_SECCOMP: _seccomp_profile(),
         constants.PROFILE_KEY_BPF_RECORDER_SECCOMP: _seccomp_profile(_BPF_RECORDER_EXTRA_SYSCALLS),

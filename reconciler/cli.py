@@ -17,9 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from kubernetes import client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import constants
+from api import constants, nodepaths
 from api.kube import api_client
-from reconciler import spod as spod_config
 from reconciler.certificates_controller import CertificateReconciler
 from reconciler.profiles_controller import ProfileControllers
 from reconciler.runtime import LeaderElector, LeaseTiming, Manager
@@ -84,6 +83,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_false",
         help="the agents run as host processes (spo up): manage no DaemonSet",
     )
+    nodepaths.add_arguments(parser)
     parser.add_argument(
         "--lease-duration",
         type=float,
@@ -187,10 +187,8 @@ def build_manager(args: argparse.Namespace) -> Manager:
         if args.ca_file
         else ca_bundle_from_secret(api, args.namespace),
         manage_daemonset=args.manage_daemonset,
-        images=spod_config.Images(
-            operator=os.environ.get(constants.ENV_OPERATOR_IMAGE, constants.DEFAULT_IMAGE),
-            selinuxd=os.environ.get(constants.ENV_SELINUXD_IMAGE, constants.DEFAULT_SELINUXD_IMAGE),
-        ),
+        image=os.environ.get(constants.ENV_OPERATOR_IMAGE, constants.DEFAULT_IMAGE),
+        node_paths=nodepaths.from_arguments(args),
     )
     elector = None
     if args.leader_elect:

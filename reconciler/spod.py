@@ -4,10 +4,16 @@ Where we differ from upstream (inventory §3):
 - an invalid spod (an option naming no webhook, a stored value the model rejects) changes nothing:
   the reconciler reports it (Ready=False, an Event) and keeps the last good configuration live,
   instead of applying the parts it understood;
-- the DaemonSet is rendered from the spod alone on every pass, so removing an option removes its
-  argument (upstream kept enricher arguments in a base template until the manager restarted);
-- the pod template carries a hash of what it was rendered from, so every change that alters the
-  DaemonSet rolls it, and changes that do not (webhookOptions) leave the pods alone.
+- the DaemonSet runs our agent, one container per part (`spo agent --role`, agent/roles.py) under the
+  docs' container names, each with only the host paths and privileges its part needs: no init
+  containers, no selinuxd (the agent loads SELinux policies itself), no eBPF recorder (we have none:
+  `unsupported` names what a spod asks for in vain, and nothing is rendered for it);
+- the enrichers follow the spod's filters and jsonEnricherOptions at run time, so those are no
+  arguments (upstream kept enricher arguments in a base template until the manager restarted);
+- the pod template carries a hash of what it was rendered from (and of what the agent reads only at
+  start), so every change that alters the pods rolls them, and changes the agents follow live
+  (filters, allowedSyscalls) or that are not theirs (webhookOptions) leave the pods alone;
+- the host paths come from `NodePaths` (api/nodepaths.py), mounted at the same path in the container.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api import constants
+from api.nodepaths import NodePaths
 from api.types import SPODSpec, SPODStatus
 from reconciler.webhook_config import known_webhook_names, webhook_name
 
@@ -26,17 +33,26 @@ _VERBOSITY_ENV = "SPO_VERBOSITY"
 _PROFILING_ENV = "SPO_PROFILING"
 _PROFILING_PORT_ENV = "SPO_PROFILING_PORT"
 _PROFILING_BASE_PORT = 6060
+_NODE_NAME_ENV = "NODE_NAME"
 _LABEL_OS = "kubernetes.io/os"
-_DAEMON_CONTAINER = "security-profiles-operator"
+_PROFILES_CONTAINER = "security-profiles-operator"  # the docs' name of the daemon container
 _DEFAULT_DAEMON_RESOURCES = {
     "requests": {"memory": "64Mi", "cpu": "100m", "ephemeral-storage": "50Mi"},
     "limits": {"memory": "128Mi", "ephemeral-storage": "200Mi"},
 }
-# The operator's own directories on the node, shared by its containers through these volumes.
-_GRPC_DIR = "/var/run/grpc"
-_AUDIT_DIR = posixpath.dirname(constants.AUDIT_LOG_PATH)
-_SYSLOG_DIR = posixpath.dirname(constants.SYSLOG_PATH)
-_SELINUXD_DIR = "/var/run/selinuxd"
+_ENRICHER_RESOURCES = {"requests": {"memory": "64Mi", "cpu": "50m"}, "limits": {"memory": "256Mi"}}
+# Each container's metrics and /healthz port, and its name (unique in the pod, at most 15 characters).
+_PORTS = {
+    constants.AGENT_ROLE_PROFILES: (constants.SPOD_METRICS_PORT, "metrics"),
+    constants.AGENT_ROLE_LOG_ENRICHER: (constants.LOG_ENRICHER_METRICS_PORT, "log-metrics"),
+    constants.AGENT_ROLE_JSON_ENRICHER: (constants.JSON_ENRICHER_METRICS_PORT, "json-metrics"),
+}
+_TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir, not the host's /tmp
+# The probes' patience: the agent answers /healthz once its caches synced, within SYNC_TIMEOUT_SECONDS.
+_STARTUP_PERIOD_SECONDS = 3
+_STARTUP_FAILURES = 40
+_LIVENESS_PERIOD_SECONDS = 10
+_LIVENESS_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -46,12 +62,6 @@ class JsonEnricherVolume:
 
     source: dict[str, Any]
     mount_path: str
-
-
-@dataclass(frozen=True)
-class Images:
-    operator: str
-    selinuxd: str = constants.DEFAULT_SELINUXD_IMAGE
 
 
 def problems(spec: SPODSpec) -> list[str]:
@@ -81,8 +91,16 @@ def json_enricher_volume(data: dict[str, str]) -> JsonEnricherVolume | None:
     return JsonEnricherVolume(parsed, mount_path.strip())
 
 
-def recording_enabled(spec: SPODSpec) -> bool:
-    return bool(spec.enable_log_enricher or spec.enable_bpf_recorder or spec.enable_json_enricher)
+def unsupported(spec: SPODSpec) -> list[str]:
+    """What the spod asks for that this operator does not run (yet): nothing is rendered for it."""
+    found: list[str] = []
+    if spec.enable_bpf_recorder:
+        found.append("enableBpfRecorder: there is no eBPF recorder yet, nothing runs for it")
+    if spec.log_enricher_source == constants.LOG_ENRICHER_SOURCE_BPF:
+        found.append("logEnricherSource bpf: the log enricher follows the node's audit log")
+    if spec.enable_app_armor:
+        found.append("enableAppArmor: AppArmor profiles are not supported yet")
+    return found
 
 
 # --- DaemonSet --------------------------------------------------------------------------------------
@@ -100,10 +118,6 @@ def _host_path(name: str, path: str, kind: str = "Directory") -> dict[str, Any]:
     return {"name": name, "hostPath": {"path": path, "type": kind}}
 
 
-def _empty_dir(name: str) -> dict[str, Any]:
-    return {"name": name, "emptyDir": {}}
-
-
 def _mount(name: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
     mount: dict[str, Any] = {"name": name, "mountPath": path}
     if read_only:
@@ -111,280 +125,159 @@ def _mount(name: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
     return mount
 
 
-_PRIVILEGED = {"privileged": True, "runAsUser": 0}
+def _security(*, add: tuple[str, ...] = (), privileged: bool = False) -> dict[str, Any]:
+    """Root, because every part reads or writes root-owned host files (the kubelet's seccomp directory,
+    the 0600 audit log, the recorder's state): uid 0 owns them, so no capability is needed for that."""
+    if privileged:
+        return {"privileged": True, "runAsUser": 0, "runAsGroup": 0, "readOnlyRootFilesystem": True}
+    capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
+    if add:
+        capabilities["add"] = list(add)
+    return {
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": capabilities,
+    }
 
 
-def _container(
-    name: str,
+def _agent(
+    role: str,
     image: str,
     args: list[str],
+    *,
     mounts: list[dict[str, Any]],
     security: dict[str, Any],
-    *,
-    resources: dict[str, Any] | None = None,
+    resources: dict[str, Any],
 ) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": name,
+    """A container running `spo agent --role=<role>` (the image's entrypoint is `spo`), probed on the
+    port it serves its metrics and /healthz on."""
+    port, port_name = _PORTS[role]
+    probe = {"httpGet": {"path": constants.PATH_HEALTHZ, "port": port_name}}
+    return {
+        "name": _PROFILES_CONTAINER if role == constants.AGENT_ROLE_PROFILES else role,
         "image": image,
-        "args": args,
-        "env": [
-            _field_env("NODE_NAME", "spec.nodeName"),
-            _field_env(constants.ENV_OPERATOR_NAMESPACE, "metadata.namespace"),
-            _env("KUBELET_DIR", constants.KUBELET_DIR),
+        "args": [
+            "agent",
+            f"--role={role}",
+            f"--node-name=$({_NODE_NAME_ENV})",
+            f"--namespace=$({constants.ENV_OPERATOR_NAMESPACE})",
+            f"--metrics-port={port}",
+            *args,
         ],
-        "securityContext": dict(security),
+        "env": [
+            _field_env(_NODE_NAME_ENV, "spec.nodeName"),
+            _field_env(constants.ENV_OPERATOR_NAMESPACE, "metadata.namespace"),
+        ],
+        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
+        "startupProbe": {
+            **probe,
+            "periodSeconds": _STARTUP_PERIOD_SECONDS,
+            "failureThreshold": _STARTUP_FAILURES,
+        },
+        "livenessProbe": {
+            **probe,
+            "periodSeconds": _LIVENESS_PERIOD_SECONDS,
+            "failureThreshold": _LIVENESS_FAILURES,
+        },
+        "resources": resources,
+        "securityContext": security,
         "volumeMounts": mounts,
     }
-    if resources:
-        container["resources"] = resources
-    return container
 
 
-def _flag(name: str, value: object) -> str:
-    return f"--{name}={str(value).lower() if isinstance(value, bool) else value}"
-
-
-def _json_enricher_args(spec: SPODSpec) -> list[str]:
-    options = spec.json_enricher_options
-    args = ["agent", "json-enricher"]
-    if options is not None:
-        # 0 and "" mean "the enricher's default" (docs 7.9.18 resets them so): no flag at all.
-        for flag, value in (
-            ("audit-log-interval-seconds", options.audit_log_interval_seconds),
-            ("audit-log-path", options.audit_log_path),
-            ("audit-log-maxsize", options.audit_log_max_size),
-            ("audit-log-maxbackup", options.audit_log_max_backups),
-            ("audit-log-maxage", options.audit_log_max_age),
-        ):
-            if value:
-                args.append(_flag(flag, value))
-    if spec.json_enricher_filters:
-        args.append(_flag("enricher-filters-json", spec.json_enricher_filters))
-    return args
-
-
-def _containers(
-    spec: SPODSpec, images: Images, log_volume: JsonEnricherVolume | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(init containers, containers, volumes) for the features that are on."""
-    image = images.operator
-    seccomp_dir = f"{constants.KUBELET_DIR}/seccomp/{constants.SECCOMP_OPERATOR_DIR}"
-    volumes = [
-        _host_path("host-varlib-volume", "/var/lib"),
-        _host_path("host-operator-volume", constants.OPERATOR_ROOT, "DirectoryOrCreate"),
-        {"name": "profile-configmap-volume", "configMap": {"name": constants.PROFILE_CONFIGMAP}},
-        _host_path("host-root-volume", "/"),
-        _empty_dir("selinux-drop-dir"),
-        _empty_dir("selinuxd-private-volume"),
-        _host_path("profile-recording-output-volume", constants.RECORDINGS_DIR, "DirectoryOrCreate"),
-        _empty_dir("grpc-server-volume"),
-        _empty_dir("home-volume"),
-        _empty_dir("tmp-volume"),
-    ]
-    init = [
-        _container(
-            "non-root-enabler",
-            image,
-            ["agent", "non-root-enabler"],
-            [
-                _mount("host-varlib-volume", "/var/lib"),
-                _mount("profile-configmap-volume", "/opt/spo-profiles", read_only=True),
-                _mount("host-root-volume", "/host"),
-            ],
-            {
-                "runAsUser": 0,
-                "readOnlyRootFilesystem": True,
-                "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "FSETID", "DAC_OVERRIDE"]},
-            },
-        )
-    ]
-    daemon_args = ["agent", "daemon", _flag("with-recording", recording_enabled(spec))]
+def _profiles(spec: SPODSpec, image: str, paths: NodePaths) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The profiles container and its volumes: the kubelet's seccomp directory, where the agent writes
+    `operator/<name>.json`, and with enableSelinux what semodule reads and writes."""
+    seccomp_dir = posixpath.join(paths.kubelet_dir, "seccomp")
+    volumes = [_host_path("host-seccomp-volume", seccomp_dir, "DirectoryOrCreate")]
+    mounts = [_mount("host-seccomp-volume", seccomp_dir)]
+    args = [f"--kubelet-dir={paths.kubelet_dir}"]
     if spec.enable_selinux:
-        daemon_args.append(_flag("with-selinux", True))
-    if spec.enable_app_armor:
-        daemon_args.append(_flag("with-apparmor", True))
-    if spec.enable_memory_optimization:
-        daemon_args.append(_flag("with-mem-optim", True))
-    daemon = _container(
-        _DAEMON_CONTAINER,
+        args.append(f"--selinux-dir={paths.selinux_dir}")
+        # Policies are checked in a temporary directory.
+        volumes.append({"name": "tmp-volume", "emptyDir": {}})
+        mounts.append(_mount("tmp-volume", _TMP_DIR))
+        selinux = [
+            ("host-selinux-policy-volume", paths.selinux_dir, "DirectoryOrCreate"),
+            ("host-etcselinux-volume", constants.SELINUX_CONFIG_DIR, "Directory"),
+            ("host-varlibselinux-volume", constants.SELINUX_STORE_DIR, "Directory"),
+            ("host-fsselinux-volume", constants.SELINUXFS, "Directory"),
+        ]
+        volumes += [_host_path(name, path, kind) for name, path, kind in selinux]
+        mounts += [_mount(name, path) for name, path, _ in selinux]
+    else:
+        args.append("--no-selinux")
+    container = _agent(
+        constants.AGENT_ROLE_PROFILES,
         image,
-        daemon_args,
-        [
-            _mount("host-operator-volume", seccomp_dir),
-            _mount("selinux-drop-dir", constants.SELINUX_POLICY_DIR),
-            _mount("selinuxd-private-volume", _SELINUXD_DIR),
-            _mount("profile-recording-output-volume", constants.RECORDINGS_DIR),
-            _mount("grpc-server-volume", _GRPC_DIR),
-            _mount("home-volume", "/home"),
-            _mount("tmp-volume", "/tmp"),  # noqa: S108 - an emptyDir, not the host's /tmp
-        ],
-        {
-            "runAsUser": constants.ROOTLESS_UID,
-            "runAsGroup": constants.ROOTLESS_UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "Localhost", "localhostProfile": constants.PROFILE_KEY_DAEMON_SECCOMP},
-        },
+        args,
+        mounts=mounts,
+        # semodule loads policies into the kernel through selinuxfs, which the runtime gives an
+        # unprivileged container read-only: with enableSelinux the container must be privileged.
+        security=_security(privileged=bool(spec.enable_selinux)),
         resources=spec.daemon_resource_requirements or _DEFAULT_DAEMON_RESOURCES,
     )
-    daemon["env"] += [_field_env("POD_NAME", "metadata.name"), _env("HOME", "/home")]
-    daemon["ports"] = [{"name": "liveness-port", "containerPort": constants.SPOD_HEALTH_PORT}]
-    probe = {"httpGet": {"path": constants.PATH_HEALTHZ, "port": "liveness-port"}}
-    daemon["startupProbe"] = {**probe, "failureThreshold": 10, "periodSeconds": 3}
-    daemon["livenessProbe"] = {**probe, "failureThreshold": 1, "periodSeconds": 10}
-    containers = [daemon]
-    if spec.enable_selinux:
-        _add_selinux(spec, images, init, containers, volumes)
-    _add_recorders(spec, image, log_volume, containers, volumes)
-    if spec.host_proc_volume_path != "/proc" and recording_enabled(spec):
-        volumes.append(_host_path("host-proc-volume", spec.host_proc_volume_path))
-        for container in containers[1:]:
-            if container["name"] != "selinuxd":
-                container["volumeMounts"].append(_mount("host-proc-volume", "/proc", read_only=True))
-    _set_common(spec, init + containers)
-    return init, containers, volumes
+    return container, volumes
 
 
-def _add_selinux(
-    spec: SPODSpec,
-    images: Images,
-    init: list[dict[str, Any]],
-    containers: list[dict[str, Any]],
-    volumes: list[dict[str, Any]],
-) -> None:
-    """selinuxd and the init container that installs the shared policies it builds on."""
-    volumes += [
-        _host_path("host-fsselinux-volume", "/sys/fs/selinux"),
-        _host_path("host-etcselinux-volume", "/etc/selinux"),
-        _host_path("host-varlibselinux-volume", "/var/lib/selinux"),
-    ]
-    selinux_mounts = [
-        _mount("host-fsselinux-volume", "/sys/fs/selinux"),
-        _mount("host-etcselinux-volume", "/etc/selinux"),
-        _mount("host-varlibselinux-volume", "/var/lib/selinux"),
-    ]
-    init.append(
-        _container(
-            "selinux-shared-policies-copier",
-            images.selinuxd,
-            ["selinux-shared-policies-copier"],
-            [_mount("selinux-drop-dir", constants.SELINUX_POLICY_DIR), *selinux_mounts],
-            _PRIVILEGED,
-        )
-    )
-    selinuxd_args = [
-        "daemon",
-        "--datastore-path", f"{_SELINUXD_DIR}/selinuxd.db",
-        "--socket-path", f"{_SELINUXD_DIR}/selinuxd.sock",
-        "--socket-uid", "0",
-        "--socket-gid", str(constants.ROOTLESS_UID),
-    ]  # fmt: skip
-    if spec.enable_profiling:
-        selinuxd_args.append(_flag("enable-profiling", True))
-    containers.append(
-        _container(
-            "selinuxd",
-            images.selinuxd,
-            selinuxd_args,
-            [
-                _mount("selinux-drop-dir", constants.SELINUX_POLICY_DIR, read_only=True),
-                _mount("selinuxd-private-volume", _SELINUXD_DIR),
-                *selinux_mounts,
-            ],
-            {
-                "runAsUser": 0,
-                "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "FSETID", "DAC_OVERRIDE"]},
-            },
-            resources={"requests": {"memory": "512Mi"}, "limits": {"memory": "1024Mi"}},
-        )
-    )
-
-
-def _add_recorders(
-    spec: SPODSpec,
-    image: str,
-    log_volume: JsonEnricherVolume | None,
-    containers: list[dict[str, Any]],
-    volumes: list[dict[str, Any]],
-) -> None:
-    """The log enricher, the eBPF recorder and the JSON enricher, with the host views they need."""
-    audit_mounts = [
-        _mount("host-auditlog-volume", _AUDIT_DIR, read_only=True),
-        _mount("host-syslog-volume", _SYSLOG_DIR, read_only=True),
-        _mount("grpc-server-volume", _GRPC_DIR),
-    ]
-    if spec.enable_log_enricher or spec.enable_json_enricher:
-        volumes += [
-            _host_path("host-auditlog-volume", _AUDIT_DIR, "DirectoryOrCreate"),
-            _host_path("host-syslog-volume", _SYSLOG_DIR, "DirectoryOrCreate"),
-        ]
-    tracing_mounts = [
-        _mount("sys-kernel-debug-volume", "/sys/kernel/debug", read_only=True),
-        _mount("sys-kernel-tracing-volume", "/sys/kernel/tracing", read_only=True),
-    ]
-    if spec.enable_bpf_recorder or spec.enable_json_enricher:
-        volumes += [
-            _host_path("sys-kernel-debug-volume", "/sys/kernel/debug"),
-            _host_path("sys-kernel-tracing-volume", "/sys/kernel/tracing"),
-        ]
+def _enrichers(
+    spec: SPODSpec, image: str, paths: NodePaths, log_volume: JsonEnricherVolume | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The enricher containers the spod enables and their volumes: the audit log's directory (read
+    only), the recorder's state (log enricher) and the JSON enricher's log volume (docs 7.9.7)."""
+    if not (spec.enable_log_enricher or spec.enable_json_enricher):
+        return [], []
+    audit_dir = posixpath.dirname(paths.audit_log)
+    volumes = [_host_path("host-auditlog-volume", audit_dir, "DirectoryOrCreate")]
+    mounts = [_mount("host-auditlog-volume", audit_dir, read_only=True)]
+    args = [f"--audit-log={paths.audit_log}"]
+    if spec.host_proc_volume_path not in {None, "", constants.PROC_DIR}:
+        volumes.append(_host_path("host-proc-volume", spec.host_proc_volume_path or ""))
+        mounts.append(_mount("host-proc-volume", constants.SPOD_HOST_PROC_MOUNT, read_only=True))
+        args.append(f"--proc={constants.SPOD_HOST_PROC_MOUNT}")
+    # The kernel announces forks (attribution of processes already gone: agent/lineage.py) only to
+    # sockets of the host's network namespace that hold NET_ADMIN.
+    fork_events = "NET_ADMIN"
+    containers = []
     if spec.enable_log_enricher:
-        args = ["agent", "log-enricher"]
-        if spec.log_enricher_filters:
-            args.append(_flag("enricher-filters-json", spec.log_enricher_filters))
-        if spec.log_enricher_source:
-            args.append(_flag("enricher-log-source", spec.log_enricher_source))
+        volumes.append(_host_path("host-state-volume", paths.state_dir, "DirectoryOrCreate"))
         containers.append(
-            _container(
-                "log-enricher",
+            _agent(
+                constants.AGENT_ROLE_LOG_ENRICHER,
                 image,
-                args,
-                list(audit_mounts),
-                _PRIVILEGED,
-                resources={"requests": {"memory": "64Mi", "cpu": "50m"}, "limits": {"memory": "256Mi"}},
-            )
-        )
-    if spec.enable_bpf_recorder:
-        volumes.append(_host_path("sys-kernel-security-volume", "/sys/kernel/security"))
-        bpf_security = {
-            **_PRIVILEGED,
-            "seccompProfile": {
-                "type": "Localhost",
-                "localhostProfile": constants.PROFILE_KEY_BPF_RECORDER_SECCOMP,
-            },
-        }
-        containers.append(
-            _container(
-                "bpf-recorder",
-                image,
-                ["agent", "bpf-recorder"],
-                [
-                    *tracing_mounts,
-                    _mount("sys-kernel-security-volume", "/sys/kernel/security", read_only=True),
-                    _mount("grpc-server-volume", _GRPC_DIR),
-                ],
-                bpf_security,
+                [*args, f"--state-dir={paths.state_dir}"],
+                mounts=[*mounts, _mount("host-state-volume", paths.state_dir)],
+                security=_security(add=(fork_events,)),
+                resources=_ENRICHER_RESOURCES,
             )
         )
     if spec.enable_json_enricher:
-        mounts = [*audit_mounts, *tracing_mounts]
+        json_mounts = list(mounts)
         if log_volume is not None:
             volumes.append({"name": "json-enricher-log-output-volume", **log_volume.source})
-            mounts.append(_mount("json-enricher-log-output-volume", log_volume.mount_path))
-        json_security = {
-            **_PRIVILEGED,
-            "capabilities": {"add": ["SYS_PTRACE", "SYS_RESOURCE", "BPF", "PERFMON"]},
-        }
+            json_mounts.append(_mount("json-enricher-log-output-volume", log_volume.mount_path))
         containers.append(
-            _container("json-enricher", image, _json_enricher_args(spec), mounts, json_security)
+            _agent(
+                constants.AGENT_ROLE_JSON_ENRICHER,
+                image,
+                args,
+                mounts=json_mounts,
+                # SYS_PTRACE: a process's environ (its exec request's uid) and exe are readable only
+                # with it, whoever runs the process.
+                security=_security(add=(fork_events, "SYS_PTRACE")),
+                resources=_ENRICHER_RESOURCES,
+            )
         )
+    return containers, volumes
 
 
 def _set_common(spec: SPODSpec, containers: list[dict[str, Any]]) -> None:
     """What every container gets from the spod: verbosity, profiling, the SELinux type tag."""
     for index, container in enumerate(containers):
         container["env"].append(_env(_VERBOSITY_ENV, str(spec.verbosity)))
-        if spec.enable_profiling and container["name"] != "selinuxd":
+        if spec.enable_profiling:
             container["env"] += [
                 _env(_PROFILING_ENV, "true"),
                 _env(_PROFILING_PORT_ENV, str(_PROFILING_BASE_PORT + index)),
@@ -393,38 +286,51 @@ def _set_common(spec: SPODSpec, containers: list[dict[str, Any]]) -> None:
             container["securityContext"]["seLinuxOptions"] = {"type": spec.selinux_type_tag}
 
 
-def config_hash(template: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+def config_hash(rendered_from: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(rendered_from, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def desired_daemonset(
-    spec: SPODSpec, namespace: str, images: Images, log_volume: JsonEnricherVolume | None = None
+    spec: SPODSpec,
+    namespace: str,
+    image: str,
+    paths: NodePaths,
+    log_volume: JsonEnricherVolume | None = None,
 ) -> dict[str, Any]:
-    """The `spod` DaemonSet for this spod (inventory §3.4), as we apply it."""
+    """The `spod` DaemonSet for this spod: one container per part of the agent (agent/roles.py),
+    each with the host paths and privileges its part needs and no others."""
     labels = {
         constants.LABEL_APP: constants.APP_LABEL_VALUE,
         constants.LABEL_NAME: constants.SPOD_NAME_LABEL_VALUE,
     }
-    init, containers, volumes = _containers(spec, images, log_volume)
+    profiles, volumes = _profiles(spec, image, paths)
+    enrichers, enricher_volumes = _enrichers(spec, image, paths, log_volume)
+    containers = [profiles, *enrichers]
+    _set_common(spec, containers)
     pod: dict[str, Any] = {
         "serviceAccountName": constants.SPOD_SERVICE_ACCOUNT,
         "nodeSelector": {_LABEL_OS: "linux"},
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": constants.ROOTLESS_UID},
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "priorityClassName": spec.priority_class_name,
         "tolerations": spec.tolerations or [],
-        "initContainers": init,
         "containers": containers,
-        "volumes": volumes,
+        "volumes": volumes + enricher_volumes,
     }
-    if recording_enabled(spec) or spec.enable_app_armor:
+    if enrichers:
+        # Attribution reads the host's /proc (pid -> cgroup -> container); fork events reach only the
+        # host's network namespace.
         pod["hostPID"] = True
+        pod["hostNetwork"] = True
+        pod["dnsPolicy"] = "ClusterFirstWithHostNet"
     if spec.affinity:
         pod["affinity"] = spec.affinity
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = spec.image_pull_secrets
+    # The enrichers read memory optimisation once, at start (agent/cli.py): a change must roll them.
+    read_at_start = {"enableMemoryOptimization": bool(spec.enable_memory_optimization)}
     annotations = {
         constants.ANNOTATION_SCC: "privileged",
-        constants.ANNOTATION_SPOD_CONFIG_HASH: config_hash(pod),
+        constants.ANNOTATION_SPOD_CONFIG_HASH: config_hash({"pod": pod, "readAtStart": read_at_start}),
     }
     return {
         "apiVersion": "apps/v1",

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from api import constants, kinds
 from api.baseprofiles import builtin_base_profiles
 from api.kube import ResourceCache, post_event
+from api.nodepaths import NodePaths
 from api.types import (
     KubernetesObject,
     SecurityProfilesOperatorDaemon,
@@ -64,7 +65,8 @@ class Settings:
     # Read on every pass, so a renewed CA reaches the configurations without a restart.
     ca_bundle: Callable[[], str]
     manage_daemonset: bool
-    images: spod_config.Images
+    image: str  # the operator image the spod DaemonSet runs
+    node_paths: NodePaths
 
 
 def ca_bundle_from_file(path: str) -> Callable[[], str]:
@@ -133,6 +135,7 @@ class SpodReconciler:
         )
         self._created_default = False
         self._created_base_profiles = False
+        self._unsupported_said: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -193,6 +196,7 @@ class SpodReconciler:
         if found:
             self._report(name, found, spod)
             return None
+        self._say_unsupported(name, spod)
         self._apply_webhook_configurations(spod)
         if spod.spec.enable_log_enricher:
             # Recorded containers run under it; a user who deleted it gets it back on the next pass.
@@ -200,7 +204,9 @@ class SpodReconciler:
         daemonset_status: dict[str, Any] | None = None
         generation = None
         if self.settings.manage_daemonset:
-            desired = spod_config.desired_daemonset(spod.spec, namespace, self.settings.images, log_volume)
+            desired = spod_config.desired_daemonset(
+                spod.spec, namespace, self.settings.image, self.settings.node_paths, log_volume
+            )
             live = apply(self.api, kinds.DAEMON_SET, desired)
             daemonset_status = live.get("status") or None
             generation = live["metadata"].get("generation")
@@ -268,7 +274,15 @@ class SpodReconciler:
         changed = self._set_status(spod, status, name)
         if changed:
             log.warning("spod %s is not applied: %s", name, "; ".join(found))
-            self._event(name, spod, "; ".join(found))
+            self._event(name, spod, constants.EVENT_REASON_INVALID_SPOD, "; ".join(found))
+
+    def _say_unsupported(self, name: str, spod: SecurityProfilesOperatorDaemon) -> None:
+        """Once per change: what the spod asks for that nothing runs for."""
+        notes = tuple(spod_config.unsupported(spod.spec))
+        if notes and notes != self._unsupported_said:
+            log.warning("spod %s: %s", name, "; ".join(notes))
+            self._event(name, spod, constants.EVENT_REASON_UNSUPPORTED_FEATURE, "; ".join(notes))
+        self._unsupported_said = notes
 
     def _set_status(
         self, spod: SecurityProfilesOperatorDaemon | None, status: SPODStatus, name: str = constants.SPOD_NAME
@@ -287,7 +301,9 @@ class SpodReconciler:
         apply(self.api, kinds.SPOD, body, subresource="status")
         return True
 
-    def _event(self, name: str, spod: SecurityProfilesOperatorDaemon | None, message: str) -> None:
+    def _event(
+        self, name: str, spod: SecurityProfilesOperatorDaemon | None, reason: str, message: str
+    ) -> None:
         post_event(
             client.CoreV1Api(self.api),
             self.settings.namespace,
@@ -299,7 +315,7 @@ class SpodReconciler:
                 uid=spod.metadata.uid if spod is not None else None,
             ),
             event_type="Warning",
-            reason=constants.EVENT_REASON_INVALID_SPOD,
+            reason=reason,
             message=message,
             source=client.V1EventSource(component=constants.FIELD_MANAGER),
         )

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.attribution import ContainerIndex
-from agent.audit import AuditMetrics, AuditPipeline, Dispatch
+from agent.audit import ALL_OUTPUTS, AuditMetrics, AuditPipeline, Dispatch, Output, outputs_on
 from api import constants
 from api.types import JsonEnricherOptions, SPODSpec
 from tests.test_attribution import CONTAINERD_ID, CRIO_ID, FakeProc, _cgroup, _pod
@@ -93,7 +93,7 @@ class Rig:
     registry: CollectorRegistry
     spec: SPODSpec
 
-    def run(self, *lines: str) -> AuditPipeline:
+    def run(self, *lines: str, allowed: frozenset[Output] = ALL_OUTPUTS) -> AuditPipeline:
         dispatch = Dispatch(
             NODE,
             self.proc.root,
@@ -101,6 +101,7 @@ class Rig:
             AuditMetrics(self.registry),
             self.emitted.append,
             open_json=lambda _options: self.json_out,
+            allowed=allowed,
         )
         pipeline = AuditPipeline(
             lambda idle: Blocks(["\n".join(lines)], idle),
@@ -211,3 +212,41 @@ def test_the_json_enricher_writes_one_record_per_process(rig: Rig) -> None:
     # Each NUL a space, the last one too, as the docs' records show.
     assert record["cmdLine"] == "nginx -g daemon off; " and record["node"] == {"name": NODE}
     assert record["version"] == constants.JSON_AUDIT_VERSION
+
+
+@pytest.mark.parametrize(
+    ("allowed", "log_lines", "recorded", "json_records"),
+    [
+        (ALL_OUTPUTS, 1, 1, 1),
+        (frozenset({Output.LOG_ENRICHER}), 1, 1, 0),
+        (frozenset({Output.JSON_ENRICHER}), 0, 0, 1),
+        (frozenset(), 0, 0, 0),
+    ],
+)
+def test_only_the_allowed_outputs_are_produced(
+    rig: Rig, allowed: frozenset[Output], log_lines: int, recorded: int, json_records: int
+) -> None:
+    """Each container of the spod DaemonSet produces its own part of what the spod switches on."""
+    rig.spec = SPODSpec(enable_log_enricher=True, enable_json_enricher=True)
+    rig.run(seccomp_line(CONTAINER_PID, READ, 1), allowed=allowed)
+    assert len(rig.emitted) == log_lines
+    assert len(rig.recorder.syscalls) == recorded
+    assert (rig.audit_count("read") or 0) == log_lines
+    assert len(rig.json_out.lines) == json_records
+
+
+@pytest.mark.parametrize(
+    ("spec", "allowed", "on"),
+    [
+        (SPODSpec(), ALL_OUTPUTS, set()),
+        (SPODSpec(enable_log_enricher=True), ALL_OUTPUTS, {Output.LOG_ENRICHER}),
+        (SPODSpec(enable_json_enricher=True), ALL_OUTPUTS, {Output.JSON_ENRICHER}),
+        (SPODSpec(enable_log_enricher=True, enable_json_enricher=True), ALL_OUTPUTS, set(Output)),
+        (SPODSpec(enable_log_enricher=True), frozenset({Output.JSON_ENRICHER}), set()),
+        (SPODSpec(enable_log_enricher=True, enable_json_enricher=True), frozenset(), set()),
+    ],
+)
+def test_an_output_is_on_where_the_spod_and_the_role_agree(
+    spec: SPODSpec, allowed: frozenset[Output], on: set[Output]
+) -> None:
+    assert outputs_on(spec, allowed) == on

@@ -32,6 +32,7 @@ from manifests import deploy
 from manifests.cli import register_cli
 from manifests.crds import SchemaConversionError, all_crds, crd, is_structural
 from manifests.layout import PACKAGE_DIR, REGENERATE_COMMAND, generated_files, stale_files, write
+from spo.cli import build_parser
 from tests.kubectl import KUBECTL
 
 CLUSTER_SCOPED_KINDS = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
@@ -347,6 +348,47 @@ def test_render_other_namespace_moves_everything(capsys: pytest.CaptureFixture[s
     issuer = find(objects, "Issuer", certificate["spec"]["issuerRef"]["name"])
     assert issuer["spec"] == {"selfSigned": {}}
     assert constants.DEFAULT_NAMESPACE not in {obj["metadata"].get("namespace") for obj in objects}
+
+
+def _reconciler_args(objects: list[dict[str, Any]]) -> list[str]:
+    (container,) = find(objects, "Deployment", constants.RECONCILER_DEPLOYMENT)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    args: list[str] = container["args"]
+    return args
+
+
+def test_render_passes_the_node_paths_on_to_the_reconciler(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the paths that differ from upstream's, as the reconciler's own flags: the reconciler parses
+    them and renders the spod DaemonSet with them."""
+    code, out, _ = run_render(
+        ["--node-kubelet-dir", "/srv/kubelet", "--node-audit-log=/srv/audit/audit.log"], capsys
+    )
+    assert code == 0
+    args = _reconciler_args(list(yaml.safe_load_all(out)))
+    assert args == [
+        "reconciler",
+        "--leader-elect",
+        "--node-kubelet-dir=/srv/kubelet",
+        "--node-audit-log=/srv/audit/audit.log",
+    ]
+    parsed = build_parser().parse_args(args)
+    assert (parsed.node_kubelet_dir, parsed.node_audit_log) == ("/srv/kubelet", "/srv/audit/audit.log")
+    assert (parsed.node_selinux_dir, parsed.node_state_dir) == (
+        constants.SELINUX_POLICY_DIR,
+        constants.AGENT_RECORDINGS_DIR,
+    )
+    assert _reconciler_args(manifests.render()) == ["reconciler", "--leader-elect"]
+
+
+@pytest.mark.parametrize("path", ["relative/kubelet", "/srv/../kubelet", "/", "/srv/kubelet/"])
+def test_render_rejects_a_node_path_that_is_not_absolute_and_normalised(
+    path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_render(["--node-kubelet-dir", path], capsys)
+    assert exit_info.value.code == 2
+    assert "--node-kubelet-dir" in capsys.readouterr().err
 
 
 def test_render_rejects_an_invalid_namespace(capsys: pytest.CaptureFixture[str]) -> None:

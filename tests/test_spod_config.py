@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from api.nodepaths import NodePaths
 from api.types import SPODSpec, WebhookOptions
 from reconciler.spod import (
-    Images,
     JsonEnricherVolume,
     desired_daemonset,
     desired_status,
     json_enricher_volume,
     problems,
+    unsupported,
 )
+from spo.cli import build_parser
 from tests.docs_examples import default_spod_dict, merge_patch, spod_patches
 
-IMAGES = Images(operator="example.test/spo:1", selinuxd="example.test/selinuxd:1")
+IMAGE = "example.test/spo:1"
 NAMESPACE = "security-profiles-operator"
-KEYED = {"containers", "initContainers", "env", "volumes", "volumeMounts", "tolerations"}
+# A node that keeps its files elsewhere, as `spo up --in-cluster`'s does.
+PATHS = NodePaths(
+    kubelet_dir="/srv/node/kubelet",
+    audit_log="/srv/node/audit/audit.log",
+    selinux_dir="/srv/node/selinux.d",
+    state_dir="/srv/node/recordings",
+)
+KEYED = {"containers", "env", "volumes", "volumeMounts", "tolerations", "ports"}
 HASH = "template.metadata.annotations.security-profiles-operator.x-k8s.io/config-hash"
-ALL_CONTAINERS = ("initContainers[non-root-enabler]", "containers[security-profiles-operator]")
+PROFILES = "security-profiles-operator"
 
 
 def changes(before: Any, after: Any, path: str = "") -> set[str]:
@@ -46,11 +56,24 @@ def changes(before: Any, after: Any, path: str = "") -> set[str]:
     return set() if before == after else {path}
 
 
-def rendered(patch: dict[str, Any] | None = None) -> dict[str, Any]:
-    spod = merge_patch(default_spod_dict(), patch or {})
-    spec = SPODSpec.model_validate(spod["spec"])
-    rendered_spec: dict[str, Any] = desired_daemonset(spec, NAMESPACE, IMAGES)["spec"]
+def spod_spec(patch: dict[str, Any] | None = None) -> SPODSpec:
+    return SPODSpec.model_validate(merge_patch(default_spod_dict(), patch or {})["spec"])
+
+
+def rendered(
+    patch: dict[str, Any] | None = None, log_volume: JsonEnricherVolume | None = None
+) -> dict[str, Any]:
+    rendered_spec: dict[str, Any] = desired_daemonset(spod_spec(patch), NAMESPACE, IMAGE, PATHS, log_volume)[
+        "spec"
+    ]
     return rendered_spec
+
+
+def pod_of(
+    patch: dict[str, Any] | None = None, log_volume: JsonEnricherVolume | None = None
+) -> dict[str, Any]:
+    pod: dict[str, Any] = rendered(patch, log_volume)["template"]["spec"]
+    return pod
 
 
 def docs_patch(section: str) -> dict[str, Any]:
@@ -66,38 +89,31 @@ def _in(container: str, field: str) -> str:
     return f"template.spec.{container}.{field}"
 
 
-JSON_ENRICHER_ON = {
+ENRICHER_POD = {
     _pod("hostPID"),
-    _pod("containers[json-enricher]"),
+    _pod("hostNetwork"),
+    _pod("dnsPolicy"),
     _pod("volumes[host-auditlog-volume]"),
-    _pod("volumes[host-syslog-volume]"),
-    _pod("volumes[sys-kernel-debug-volume]"),
-    _pod("volumes[sys-kernel-tracing-volume]"),
-    _in("containers[security-profiles-operator]", "args"),
-    HASH,
 }
+JSON_ENRICHER_ON = ENRICHER_POD | {_pod("containers[json-enricher]"), HASH}
+VERBOSITY = _in(f"containers[{PROFILES}]", "env[SPO_VERBOSITY].value")
 
 EXPECTED_CHANGES: dict[str, set[str]] = {
-    "7.5.3": {_in(c, "env[SPO_VERBOSITY].value") for c in ALL_CONTAINERS} | {HASH},
+    "7.5.3": {VERBOSITY, HASH},
     # allowedSyscalls and webhook options are the reconciler's and the agents' business: no restart.
     "7.8.1": set(),
-    "7.8.3": {_in("containers[security-profiles-operator]", "args"), HASH},
-    "7.8.4": {_in("containers[security-profiles-operator]", "resources"), HASH},
+    # The enrichers read memory optimisation at start: the pods roll, nothing else changes.
+    "7.8.3": {HASH},
+    "7.8.4": {_in(f"containers[{PROFILES}]", "resources"), HASH},
     "7.8.5": {_pod("priorityClassName"), HASH},
-    "7.8.7": {
-        _pod("hostPID"),
-        _pod("containers[log-enricher]"),
-        _pod("volumes[host-auditlog-volume]"),
-        _pod("volumes[host-syslog-volume]"),
-        _in("containers[security-profiles-operator]", "args"),
-        HASH,
-    },
+    "7.8.7": ENRICHER_POD | {_pod("containers[log-enricher]"), _pod("volumes[host-state-volume]"), HASH},
     "7.8.8": set(),
+    # jsonEnricherOptions are followed at run time: enabling the enricher is the only change.
     "7.9.6": JSON_ENRICHER_ON,
     "7.9.7 interval": JSON_ENRICHER_ON,
     "7.9.7 path": JSON_ENRICHER_ON,
     "7.9.8 rotation": JSON_ENRICHER_ON,
-    "7.9.8 verbosity": JSON_ENRICHER_ON | {_in(c, "env[SPO_VERBOSITY].value") for c in ALL_CONTAINERS},
+    "7.9.8 verbosity": JSON_ENRICHER_ON | {VERBOSITY},
     "7.9.16": set(),
     "7.9.17.1": set(),
     "7.9.18": set(),
@@ -117,76 +133,244 @@ def test_docs_patch_changes_exactly_what_it_should(section: str) -> None:
     assert (outside, unchanged) == (set(), set())
 
 
-def _args(spec: dict[str, Any], container: str) -> list[str]:
-    (found,) = [c for c in spec["template"]["spec"]["containers"] if c["name"] == container]
-    args: list[str] = found["args"]
-    return args
+# --- per spod feature: the containers, their arguments, mounts, volumes and privileges ------------------
+
+AGENT = ["agent", "--node-name=$(NODE_NAME)", "--namespace=$(OPERATOR_NAMESPACE)"]
+SECCOMP_DIR = "/srv/node/kubelet/seccomp"
+AUDIT_DIR = "/srv/node/audit"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A container: its role and arguments after the common ones, its mounts (path: read-only), the
+    capabilities it adds (None: privileged)."""
+
+    role: str
+    args: list[str]
+    mounts: dict[str, bool]
+    capabilities: list[str] | None = field(default_factory=list)
+
+
+def profiles(*args: str, mounts: dict[str, bool] | None = None, privileged: bool = False) -> Expected:
+    return Expected(
+        "profiles",
+        ["--metrics-port=9443", "--kubelet-dir=/srv/node/kubelet", *args],
+        {SECCOMP_DIR: False, **(mounts or {})},
+        None if privileged else [],
+    )
+
+
+LOG_ENRICHER = Expected(
+    "log-enricher",
+    ["--metrics-port=9444", "--audit-log=/srv/node/audit/audit.log", "--state-dir=/srv/node/recordings"],
+    {AUDIT_DIR: True, "/srv/node/recordings": False},
+    ["NET_ADMIN"],
+)
+JSON_ENRICHER = Expected(
+    "json-enricher",
+    ["--metrics-port=9445", "--audit-log=/srv/node/audit/audit.log"],
+    {AUDIT_DIR: True},
+    ["NET_ADMIN", "SYS_PTRACE"],
+)
+SELINUX_MOUNTS = {
+    "/tmp": False,
+    "/srv/node/selinux.d": False,
+    "/etc/selinux": False,
+    "/var/lib/selinux": False,
+    "/sys/fs/selinux": False,
+}
+NO_SELINUX = profiles("--no-selinux")
+DIR = "Directory"
+CREATE = "DirectoryOrCreate"
+BASE_VOLUMES: dict[str, tuple[str, str] | None] = {"host-seccomp-volume": (SECCOMP_DIR, CREATE)}
+AUDIT_VOLUME = {"host-auditlog-volume": (AUDIT_DIR, CREATE)}
+STATE_VOLUME = {"host-state-volume": ("/srv/node/recordings", CREATE)}
+
+FEATURES: dict[str, tuple[dict[str, Any], list[Expected], dict[str, tuple[str, str] | None]]] = {
+    "default": ({}, [NO_SELINUX], BASE_VOLUMES),
+    "enableSelinux": (
+        {"enableSelinux": True},
+        [profiles("--selinux-dir=/srv/node/selinux.d", mounts=SELINUX_MOUNTS, privileged=True)],
+        {
+            **BASE_VOLUMES,
+            "tmp-volume": None,
+            "host-selinux-policy-volume": ("/srv/node/selinux.d", CREATE),
+            "host-etcselinux-volume": ("/etc/selinux", DIR),
+            "host-varlibselinux-volume": ("/var/lib/selinux", DIR),
+            "host-fsselinux-volume": ("/sys/fs/selinux", DIR),
+        },
+    ),
+    "enableLogEnricher": (
+        {"enableLogEnricher": True},
+        [NO_SELINUX, LOG_ENRICHER],
+        {**BASE_VOLUMES, **AUDIT_VOLUME, **STATE_VOLUME},
+    ),
+    "enableJsonEnricher": (
+        {"enableJsonEnricher": True},
+        [NO_SELINUX, JSON_ENRICHER],
+        {**BASE_VOLUMES, **AUDIT_VOLUME},
+    ),
+    "hostProcVolumePath": (
+        {"enableLogEnricher": True, "enableJsonEnricher": True, "hostProcVolumePath": "/proc/host"},
+        [
+            NO_SELINUX,
+            Expected(
+                LOG_ENRICHER.role,
+                [*LOG_ENRICHER.args[:2], "--proc=/host/proc", LOG_ENRICHER.args[2]],
+                {**LOG_ENRICHER.mounts, "/host/proc": True},
+                LOG_ENRICHER.capabilities,
+            ),
+            Expected(
+                JSON_ENRICHER.role,
+                [*JSON_ENRICHER.args, "--proc=/host/proc"],
+                {**JSON_ENRICHER.mounts, "/host/proc": True},
+                JSON_ENRICHER.capabilities,
+            ),
+        ],
+        {**BASE_VOLUMES, **AUDIT_VOLUME, **STATE_VOLUME, "host-proc-volume": ("/proc/host", DIR)},
+    ),
+    # No eBPF recorder and no AppArmor yet: nothing runs for them (unsupported() says so).
+    "enableBpfRecorder": ({"enableBpfRecorder": True}, [NO_SELINUX], BASE_VOLUMES),
+    "enableAppArmor": ({"enableAppArmor": True}, [NO_SELINUX], BASE_VOLUMES),
+}
+
+
+def _summary(container: dict[str, Any]) -> Expected:
+    args = container["args"]
+    assert args[:1] == ["agent"] and args[2:4] == AGENT[1:]
+    security = container["securityContext"]
+    capabilities = None if security.get("privileged") else security["capabilities"].get("add", [])
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    return Expected(args[1].removeprefix("--role="), args[4:], mounts, capabilities)
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_each_feature_renders_its_containers_mounts_and_volumes(feature: str) -> None:
+    spec_patch, containers, volumes = FEATURES[feature]
+    pod = pod_of({"spec": spec_patch})
+    assert [_summary(c) for c in pod["containers"]] == containers
+    assert [c["name"] for c in pod["containers"]] == [
+        PROFILES if c.role == "profiles" else c.role for c in containers
+    ]
+    found = {
+        v["name"]: (v["hostPath"]["path"], v["hostPath"]["type"]) if "hostPath" in v else None
+        for v in pod["volumes"]
+    }
+    assert found == volumes
+    assert ("hostPID" in pod, "hostNetwork" in pod) == (len(containers) > 1, len(containers) > 1)
+    assert "initContainers" not in pod
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_every_container_is_hardened_and_probed_on_its_own_port(feature: str) -> None:
+    pod = pod_of({"spec": FEATURES[feature][0]})
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    ports = [port for c in pod["containers"] for port in c["ports"]]
+    assert len({p["name"] for p in ports}) == len({p["containerPort"] for p in ports}) == len(ports)
+    for container in pod["containers"]:
+        security = container["securityContext"]
+        assert (security["runAsUser"], security["readOnlyRootFilesystem"]) == (0, True)
+        if not security.get("privileged"):
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+        (port,) = container["ports"]
+        assert f"--metrics-port={port['containerPort']}" in container["args"]
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_every_rendered_command_line_is_one_the_agent_accepts(feature: str) -> None:
+    """The agent parses each container's arguments, and every host path it is given is mounted at
+    the same path from the same path of the host."""
+    pod = pod_of({"spec": FEATURES[feature][0]})
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    for container in pod["containers"]:
+        args = build_parser().parse_args(container["args"])
+        assert (args.command, args.node_name, args.namespace) == (
+            "agent",
+            "$(NODE_NAME)",
+            "$(OPERATOR_NAMESPACE)",
+        )
+        same = {
+            m["mountPath"] for m in container["volumeMounts"] if host_paths.get(m["name"]) == m["mountPath"]
+        }
+        given = {
+            "profiles": [args.kubelet_dir / "seccomp", *([args.selinux_dir] if args.selinux else [])],
+            "log-enricher": [args.audit_log.parent, args.state_dir],
+            "json-enricher": [args.audit_log.parent],
+        }[args.role]
+        assert {str(path) for path in given} <= same
+
+
+def test_the_default_paths_are_upstreams() -> None:
+    pod = desired_daemonset(spod_spec({"spec": {"enableLogEnricher": True}}), NAMESPACE, IMAGE, NodePaths())[
+        "spec"
+    ]["template"]["spec"]
+    args = [arg for c in pod["containers"] for arg in c["args"]]
+    assert "--kubelet-dir=/var/lib/kubelet" in args
+    assert "--audit-log=/var/log/audit/audit.log" in args
+    assert "--state-dir=/var/lib/security-profiles-operator/recordings" in args
 
 
 @pytest.mark.parametrize(
-    ("section", "expected"),
+    "patch",
     [
-        ("7.9.6", []),
-        ("7.9.7 interval", ["--audit-log-interval-seconds=30"]),
-        ("7.9.7 path", ["--audit-log-path=/tmp/logs/audit1.log"]),
-        (
-            "7.9.8 rotation",
-            [
-                "--audit-log-path=/tmp/logs/audit1.log",
-                "--audit-log-maxsize=500",
-                "--audit-log-maxbackup=2",
-                "--audit-log-maxage=10",
-            ],
-        ),
+        {"enableLogEnricher": True},
+        {"enableJsonEnricher": True},
+        {"enableSelinux": True},
+        {"enableMemoryOptimization": True},
+        {"verbosity": 1},
+        {"hostProcVolumePath": "/proc/host", "enableLogEnricher": True},
     ],
 )
-def test_json_enricher_options_become_its_arguments(section: str, expected: list[str]) -> None:
-    assert _args(rendered(docs_patch(section)), "json-enricher") == ["agent", "json-enricher", *expected]
+def test_a_change_that_alters_the_pods_changes_the_template_hash(patch: dict[str, Any]) -> None:
+    def hash_of(spec: dict[str, Any]) -> str:
+        value: str = rendered({"spec": spec})["template"]["metadata"]["annotations"][
+            "security-profiles-operator.x-k8s.io/config-hash"
+        ]
+        return value
+
+    assert hash_of(patch) != hash_of({})
 
 
-def test_removing_an_option_removes_its_argument() -> None:
-    with_path = docs_patch("7.9.7 path")
-    spod = merge_patch(merge_patch(default_spod_dict(), with_path), {"spec": {"jsonEnricherOptions": None}})
-    spec = desired_daemonset(SPODSpec.model_validate(spod["spec"]), NAMESPACE, IMAGES)["spec"]
-    assert _args(spec, "json-enricher") == ["agent", "json-enricher"]
+def test_daemon_resources_default_and_from_the_spod() -> None:
+    (default,) = pod_of()["containers"]
+    assert default["resources"]["limits"]["memory"] == "128Mi"
+    (patched,) = pod_of(docs_patch("7.8.4"))["containers"]
+    assert patched["resources"] == docs_patch("7.8.4")["spec"]["daemonResourceRequirements"]
 
 
-def test_verbosity_and_memory_optimisation_reach_the_daemon() -> None:
-    spec = rendered({"spec": {"verbosity": 1, "enableMemoryOptimization": True}})
-    daemon = spec["template"]["spec"]["containers"][0]
-    assert {"name": "SPO_VERBOSITY", "value": "1"} in daemon["env"]
-    assert daemon["args"] == ["agent", "daemon", "--with-recording=false", "--with-mem-optim=true"]
-
-
-def test_defaults_priority_class_tolerations_and_no_host_pid() -> None:
-    pod = rendered()["template"]["spec"]
+def test_defaults_priority_class_tolerations_and_no_host_namespaces() -> None:
+    pod = pod_of()
     assert pod["priorityClassName"] == "system-node-critical"
     assert [t["key"] for t in pod["tolerations"]] == [
         "node-role.kubernetes.io/master",
         "node-role.kubernetes.io/control-plane",
         "node.kubernetes.io/not-ready",
     ]
-    assert "hostPID" not in pod
-    assert [c["name"] for c in pod["containers"]] == ["security-profiles-operator"]
+    assert not {"hostPID", "hostNetwork"} & set(pod)
 
 
-def test_selinux_adds_selinuxd_and_the_policy_copier_with_the_type_tag() -> None:
-    pod = rendered({"spec": {"enableSelinux": True, "selinuxTypeTag": "container_t"}})["template"]["spec"]
-    assert [c["name"] for c in pod["initContainers"]] == [
-        "non-root-enabler",
-        "selinux-shared-policies-copier",
-    ]
-    assert [c["name"] for c in pod["containers"]] == ["security-profiles-operator", "selinuxd"]
-    assert {c["securityContext"]["seLinuxOptions"]["type"] for c in pod["containers"]} == {"container_t"}
+def test_the_selinux_type_tag_is_on_every_container() -> None:
+    pod = pod_of(
+        {"spec": {"enableSelinux": True, "enableLogEnricher": True, "selinuxTypeTag": "container_t"}}
+    )
+    assert [c["securityContext"]["seLinuxOptions"]["type"] for c in pod["containers"]] == ["container_t"] * 2
 
 
-def test_host_proc_volume_for_the_enrichers_only() -> None:
-    pod = rendered({"spec": {"enableLogEnricher": True, "hostProcVolumePath": "/proc/host"}})["template"][
-        "spec"
-    ]
-    mounts = {c["name"]: [m["mountPath"] for m in c["volumeMounts"]] for c in pod["containers"]}
-    assert "/proc" in mounts["log-enricher"]
-    assert "/proc" not in mounts["security-profiles-operator"]
+@pytest.mark.parametrize(
+    ("patch", "named"),
+    [
+        ({}, []),
+        ({"enableLogEnricher": True, "enableSelinux": True}, []),
+        ({"enableBpfRecorder": True}, ["enableBpfRecorder"]),
+        ({"logEnricherSource": "bpf"}, ["logEnricherSource"]),
+        ({"enableAppArmor": True, "enableBpfRecorder": True}, ["enableBpfRecorder", "enableAppArmor"]),
+    ],
+)
+def test_unsupported_features_are_named(patch: dict[str, Any], named: list[str]) -> None:
+    assert [note.split()[0].rstrip(":") for note in unsupported(spod_spec({"spec": patch}))] == named
 
 
 def test_json_enricher_log_volume_from_the_configmap_keys() -> None:
@@ -197,8 +381,7 @@ def test_json_enricher_log_volume_from_the_configmap_keys() -> None:
         }
     )
     assert volume == JsonEnricherVolume({"emptyDir": {"sizeLimit": "500Mi"}}, "/data/logs/jsonenricher")
-    spec = SPODSpec(enable_json_enricher=True)
-    pod = desired_daemonset(spec, NAMESPACE, IMAGES, volume)["spec"]["template"]["spec"]
+    pod = pod_of({"spec": {"enableJsonEnricher": True}}, volume)
     assert {"name": "json-enricher-log-output-volume", "emptyDir": {"sizeLimit": "500Mi"}} in pod["volumes"]
     (enricher,) = [c for c in pod["containers"] if c["name"] == "json-enricher"]
     assert {"name": "json-enricher-log-output-volume", "mountPath": "/data/logs/jsonenricher"} in enricher[

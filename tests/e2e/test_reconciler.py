@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 import certs
 from api import constants, kinds
 from api.baseprofiles import BUILTIN_SYSCALLS
+from api.nodepaths import NodePaths
 from api.types import SPODSpec
 from reconciler import spod as spod_config
 from reconciler.cli import build_manager
@@ -37,6 +38,8 @@ from tests.eventually import eventually
 from tests.kubectl import kubectl
 
 pytestmark = pytest.mark.e2e
+# A node that keeps its files elsewhere (as `spo up --in-cluster`'s): the DaemonSet must carry them.
+NODE_PATHS = NodePaths(kubelet_dir="/srv/node/kubelet", audit_log="/srv/node/audit/audit.log")
 
 
 class Reconciler:
@@ -49,6 +52,8 @@ class Reconciler:
                 "--namespace", namespace,
                 "--webhook-url", url,
                 "--ca-file", str(cluster.pki.ca_cert),
+                "--node-kubelet-dir", NODE_PATHS.kubelet_dir,
+                "--node-audit-log", NODE_PATHS.audit_log,
             ]
         )  # fmt: skip
         self.manager: Manager = build_manager(args)
@@ -105,11 +110,8 @@ class Reconciler:
         return (found.spec.template.metadata.annotations or {}).get(constants.ANNOTATION_SPOD_CONFIG_HASH)
 
     def expected_hash(self, spec: SPODSpec) -> str:
-        images = spod_config.Images(
-            operator=os.environ.get(constants.ENV_OPERATOR_IMAGE, constants.DEFAULT_IMAGE),
-            selinuxd=os.environ.get(constants.ENV_SELINUXD_IMAGE, constants.DEFAULT_SELINUXD_IMAGE),
-        )
-        rendered = spod_config.desired_daemonset(spec, self.namespace, images)
+        image = os.environ.get(constants.ENV_OPERATOR_IMAGE, constants.DEFAULT_IMAGE)
+        rendered = spod_config.desired_daemonset(spec, self.namespace, image, NODE_PATHS)
         value: str = rendered["spec"]["template"]["metadata"]["annotations"][
             constants.ANNOTATION_SPOD_CONFIG_HASH
         ]
@@ -272,6 +274,32 @@ def test_json_enricher_adds_and_removes_the_exec_webhooks(reconciler: Reconciler
     eventually(lambda: names() == exec_on, what="exec webhooks added")
     reconciler.patch({"spec": {"enableJsonEnricher": False}})
     eventually(lambda: names() == ["binding.spo.io", "recording.spo.io"], what="exec webhooks removed")
+
+
+def test_the_bpf_recorder_is_said_to_be_unsupported_once_and_rendered_as_nothing(
+    reconciler: Reconciler,
+) -> None:
+    core = client.CoreV1Api(reconciler.kube)
+
+    def warnings() -> list[str]:
+        events = core.list_namespaced_event(reconciler.namespace).items
+        return [e.message or "" for e in events if e.reason == constants.EVENT_REASON_UNSUPPORTED_FEATURE]
+
+    reconciler.patch({"spec": {"enableBpfRecorder": True}})
+    spec = SPODSpec.model_validate({**default_spod_dict()["spec"], "enableBpfRecorder": True})
+    reconciler.wait_configured(spec)
+    eventually(lambda: len(warnings()) == 1, what="the UnsupportedFeature event")
+    assert "enableBpfRecorder" in warnings()[0]
+    # A further pass (a change that alters the pods) does not say it again.
+    reconciler.patch({"spec": {"verbosity": 1}})
+    reconciler.wait_configured(spec.model_copy(update={"verbosity": 1}))
+    assert len(warnings()) == 1
+    daemonset = client.AppsV1Api(reconciler.kube).read_namespaced_daemon_set(
+        constants.SPOD_NAME, reconciler.namespace
+    )
+    assert daemonset.spec is not None and daemonset.spec.template.spec is not None
+    containers = daemonset.spec.template.spec.containers
+    assert [c.name for c in containers] == ["security-profiles-operator"]
 
 
 def test_a_foreign_selector_term_is_kept_and_causes_no_writes(reconciler: Reconciler) -> None:
