@@ -7,7 +7,8 @@ What goes in and out, and which thread calls it:
 - ``ContainerIds(proc, max_entries).lookup(pid) -> str | None`` (I/O, the audit pipeline's thread only):
   the container id of a live process, cached with an open fd of its ``<proc>/<pid>`` directory so that a
   reused pid is never given the old process's container; None for a host process or a pid that is gone;
-  ``close()`` closes the fds. ``fd_budget`` (pure) sizes the fd limit for them.
+  ``batch()`` checks each cached process once for a block of lines; ``close()`` closes the fds.
+  ``fd_budget`` (pure) sizes the fd limit for them.
 - ``containers_of(pod)`` (pure) and ``ContainerIndex`` (thread-safe): container id -> ``ContainerInfo``
   (namespace, pod, container, the pod's uid and labels, the container's recording annotations), fed with
   pods as the API returns them. ``update``/``replace`` return the ids new to the index, whose waiting
@@ -33,7 +34,8 @@ import re
 import resource
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -134,7 +136,8 @@ class ContainerIds:
     directory open, and a lookup relative to that fd fails once the process is gone, even if its pid
     was taken since (the fd names the old process; on a tree that is not the kernel's, the removed
     directory). One ``faccessat`` per lookup thus checks an entry, where reading and parsing the stat
-    file cost several times as much. Once in a container's cgroup a process stays there, so a found id
+    file cost several times as much; within a ``batch()`` (a block of lines), once per process. Once
+    in a container's cgroup a process stays there, so a found id
     holds for the life of the process. The fds are as many as the entries, closed on eviction and by
     ``close``; the fd limit is raised to hold them (or the cache shrinks under it).
     Not thread-safe: the audit pipeline's thread owns it."""
@@ -154,6 +157,9 @@ class ContainerIds:
         self._parent_of = parent_of
         # pid -> (the open fd of its /proc directory, (container id, start time)).
         self._cache: OrderedDict[int, tuple[int, tuple[str, int]]] = OrderedDict()
+        self._batching = False
+        # The pids found running in this batch; an entry filled again meanwhile was too (just read).
+        self._checked: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -165,11 +171,31 @@ class ContainerIds:
     def lookup_process(self, pid: int) -> tuple[str, int | None] | None:
         """The container id and the process's start time (which, with the pid, names the process; None
         for a process that is gone and was attributed through its parent)."""
+        cached = self._cache.get(pid)
+        # The common case, first: the cached process still runs (or was seen running in this batch).
+        if cached is not None and (pid in self._checked or os.access(PROC_STAT, os.F_OK, dir_fd=cached[0])):
+            if self._batching:
+                self._checked.add(pid)
+            self._cache.move_to_end(pid)
+            return cached[1]
         running, found = self._live(pid)
         return found if running else self._through_parent(pid)
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within, the lookups are for events read together (a block of lines): a cached process is
+        checked once for all of them. They were all written before the batch was read, so the process
+        found running at the first says for the others what a check at each would."""
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            self._checked.clear()
+
     def close(self) -> None:
         """Close the cached processes' fds and forget them (the cache fills again on use)."""
+        self._checked.clear()
         while self._cache:
             os.close(self._cache.popitem()[1][0])
 
@@ -199,6 +225,8 @@ class ContainerIds:
             return start is not None, None
         found = (container_id, start)
         self._cache[pid] = (directory, found)
+        if self._batching:
+            self._checked.add(pid)
         if len(self._cache) > self._max_entries:
             os.close(self._cache.popitem(last=False)[1][0])
         return True, found

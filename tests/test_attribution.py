@@ -232,6 +232,24 @@ def test_the_cache_holds_one_fd_per_entry_and_closes_them(fake_proc: FakeProc) -
     assert ids.lookup(6) == CRIO_ID  # usable again after close
 
 
+def test_a_batch_checks_each_cached_process_once(fake_proc: FakeProc) -> None:
+    ids = ContainerIds(fake_proc.root, max_entries=1)
+    fake_proc.process(1, 100, _cgroup(CRIO_ID))
+    fake_proc.process(2, 100, _cgroup(CONTAINERD_ID))
+    with ids.batch():
+        assert ids.lookup(1) == CRIO_ID
+        fake_proc.exit(1)  # after its lines were read: they are still its
+        assert ids.lookup(1) == CRIO_ID
+        assert ids.lookup(2) == CONTAINERD_ID  # evicts 1, which is checked again if seen again
+        fake_proc.process(1, 200, _cgroup(CONTAINERD_ID))
+        assert ids.lookup(1) == CONTAINERD_ID
+        fake_proc.exit(1)
+    assert ids.lookup(1) is None  # outside a batch, every lookup checks
+    fake_proc.process(1, 300, _cgroup(CRIO_ID))
+    assert ids.lookup(1) == CRIO_ID
+    ids.close()
+
+
 INFINITY = resource.RLIM_INFINITY
 
 
