@@ -240,8 +240,11 @@ CONTAINERD_MACHINE_STATE_DIR: Final = "/run/containerd"  # shim sockets land in 
 CRI_NAMESPACE: Final = "k8s.io"
 CGROUP_V1_ROOT: Final = "/sys/fs/cgroup"
 KUBEPODS_CGROUP: Final = "kubepods"
-# Chains the kubelet (KUBE-) and the CNI bridge and portmap plugins (CNI-) add to iptables.
-IPTABLES_CHAIN_PREFIXES: Final = ("KUBE-", "CNI-")
+# The node's stand-in for kube-proxy: one nat chain sending the `kubernetes` Service to the apiserver.
+NODE_SERVICES_CHAIN: Final = "SPO-SERVICES"
+KUBERNETES_SERVICE_PORT: Final = 443
+# Chains the kubelet (KUBE-), the CNI bridge and portmap plugins (CNI-) and the node (SPO-) add to iptables.
+IPTABLES_CHAIN_PREFIXES: Final = ("KUBE-", "CNI-", "SPO-")
 # Sysctls the kubelet (protectKernelDefaults off) and the bridge plugin (gateway) set; restored on down.
 NODE_SYSCTLS: Final = (
     "vm.overcommit_memory",

@@ -39,6 +39,7 @@ _WEBHOOK_CONFIGURATIONS: Final = ("mutatingwebhookconfigurations", "validatingwe
 # The spod pods run privileged containers (log enricher, selinuxd, bpf recorder).
 _POD_SECURITY_LEVEL: Final = "privileged"
 _JSON_ENRICHER_LOG_VOLUME_SIZE: Final = "500Mi"
+_WEBHOOK_DRAIN_SECONDS: Final = 5
 _BPF_RECORDER_EXTRA_SYSCALLS: Final = ("bpf", "perf_event_open", "setrlimit")
 _SECCOMP_ARCHITECTURES: Final = (
     "SCMP_ARCH_X86_64",
@@ -265,6 +266,10 @@ def _webhook_deployment(namespace: str, image: str) -> dict[str, Any]:
     )
     # Pod admission fails closed while no replica answers: never take one down before its successor is
     # ready, and keep the two replicas on different nodes when there are several.
+    # The apiserver keeps sending admissions to a terminating replica until its endpoint is withdrawn:
+    # the replica keeps answering that long before it is told to stop.
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": _WEBHOOK_DRAIN_SECONDS}}}
     deployment["spec"]["strategy"] = {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -97,9 +98,12 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     uninstall_parser = subparsers.add_parser(
         "uninstall",
-        help="remove the webhook configurations, then the spod DaemonSet and the spod",
-        description="Remove what the reconciler created, webhook configurations first, so that pod "
-        "creation never waits on a webhook that is gone.",
+        help="remove the operator: webhook configurations first, then the profiles (and their node "
+        "files), the spod, every installed object; the CRDs with --crds",
+        description="Remove the operator (docs 7.11) so that pod creation never waits on a webhook that "
+        "is gone: the reconciler and the webhook configurations first, then every profile, whose files "
+        "each node's agent removes, then the spod DaemonSet, the spod and every object `spo manifests "
+        "render` installs, the namespace last. Custom resources and their CRDs stay unless --crds.",
     )
     uninstall_parser.add_argument(
         "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else in-cluster)"
@@ -109,12 +113,35 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default=os.environ.get(constants.ENV_OPERATOR_NAMESPACE, constants.DEFAULT_NAMESPACE),
         help="the operator namespace (default: $OPERATOR_NAMESPACE or %(default)s)",
     )
+    uninstall_parser.add_argument(
+        "--crds", action="store_true", help="also delete the CRDs, and with them every custom resource left"
+    )
+    uninstall_parser.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long the agents get to remove their profile files (default: %(default)s)",
+    )
     uninstall_parser.set_defaults(func=_uninstall)
 
 
 def _uninstall(args: argparse.Namespace) -> int:
-    uninstall(api_client(args.kubeconfig), args.namespace)
-    print(f"removed the webhook configurations, the spod DaemonSet and the spod from {args.namespace}")
+    done = uninstall(
+        api_client(args.kubeconfig),
+        args.namespace,
+        crds=args.crds,
+        wait_seconds=args.wait,
+        progress=lambda line: print(line, flush=True),
+    )
+    print(f"deleted: {', '.join(done.deleted) or 'nothing of the install was left'}")
+    if done.unconfirmed_nodes:
+        print(
+            "the agents of these nodes did not remove their profile files in time (they may remain under "
+            f"the kubelet's seccomp directory): {', '.join(done.unconfirmed_nodes)}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

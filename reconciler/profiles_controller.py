@@ -131,7 +131,8 @@ class ProfileControllers:
         }
         self.node_statuses = ResourceCache(api, kinds.NODE_STATUS, SecurityProfileNodeStatus)
         self.node_statuses.add_index(_OWNER, _owner_keys)
-        self.leases = ResourceCache(api, kinds.LEASE, KubernetesObject)
+        # The agents' heartbeat Leases live in the operator's namespace: the role grants no more.
+        self.leases = ResourceCache(api, kinds.LEASE, KubernetesObject, namespace=namespace)
         self.pods = ResourceCache(api, kinds.POD, workloads.PodSummary)
         self.pods.add_index(_REFERENCES, lambda pod: pod.references)
         self.pods.add_index(_RECORDINGS, lambda pod: pod.recordings)

@@ -108,7 +108,7 @@ def add_finalizer(api: client.ApiClient, kind: BuiltinKind | ResourceKind, obj: 
         if finalizers is None
         else {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}
     )
-    return _guarded_patch(api, kind, obj, [add])
+    return guarded_patch(api, kind, obj, [add])
 
 
 def remove_finalizer(
@@ -121,7 +121,7 @@ def remove_finalizer(
     if finalizer not in finalizers:
         return False
     index = finalizers.index(finalizer)
-    return _guarded_patch(
+    return guarded_patch(
         api,
         kind,
         obj,
@@ -132,7 +132,7 @@ def remove_finalizer(
     )
 
 
-def _guarded_patch(
+def guarded_patch(
     api: client.ApiClient, kind: BuiltinKind | ResourceKind, obj: Any, operations: list[dict[str, Any]]
 ) -> bool:
     """A JSON patch that applies only to this very object (same uid); False when it is gone."""

@@ -33,12 +33,21 @@ from api.types import (
 )
 from reconciler import spod as spod_config
 from reconciler.drift import needs_apply
-from reconciler.runtime import Controller, Watch, add_finalizer, apply, remove_finalizer, split_key
+from reconciler.runtime import (
+    Controller,
+    Watch,
+    add_finalizer,
+    apply,
+    guarded_patch,
+    remove_finalizer,
+    split_key,
+)
 from reconciler.uninstall import remove_operator_objects
 from reconciler.webhook_config import (
     Endpoint,
     desired_mutating_configuration,
     desired_validating_configuration,
+    endpoint_form_changes,
     kind_of,
 )
 
@@ -218,6 +227,11 @@ class SpodReconciler:
         for cache, configuration in desired:
             live = cache.get(configuration["metadata"]["name"])
             observed = live.model_dump(by_alias=True, exclude_none=True) if live is not None else None
+            switch = endpoint_form_changes(configuration, observed) if observed is not None else []
+            if switch and live is not None:
+                log.info("%s: switching the webhooks' endpoint form", configuration["metadata"]["name"])
+                guarded_patch(self.api, kind_of(configuration), live, switch)
+                continue  # the patch's watch event brings the apply, on the configuration as it is now
             if needs_apply(configuration, observed):
                 log.info("applying %s", configuration["metadata"]["name"])
                 apply(self.api, kind_of(configuration), configuration)

@@ -322,10 +322,26 @@ _VALIDATED = [
 ]
 
 
+_ENDPOINT_FORMS = ("url", "service")
 _KINDS = {
     kinds.MUTATING_WEBHOOK_CONFIGURATION.kind: kinds.MUTATING_WEBHOOK_CONFIGURATION,
     kinds.VALIDATING_WEBHOOK_CONFIGURATION.kind: kinds.VALIDATING_WEBHOOK_CONFIGURATION,
 }
+
+
+def endpoint_form_changes(desired: dict[str, Any], live: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch operations that give our webhooks the endpoint form we register them with where the
+    live one has the other (a `url` where we want a `service`, or the reverse: `spo up` on a state
+    directory an in-cluster install used). Server-side apply would keep a field another manager set,
+    and a clientConfig with both is invalid; one `replace` per webhook is valid at every step."""
+    wanted = {webhook["name"]: webhook["clientConfig"] for webhook in desired.get("webhooks", [])}
+    operations = []
+    for index, webhook in enumerate(live.get("webhooks") or []):
+        target = wanted.get(webhook.get("name"))
+        current = webhook.get("clientConfig") or {}
+        if target is not None and any(form in current and form not in target for form in _ENDPOINT_FORMS):
+            operations.append({"op": "replace", "path": f"/webhooks/{index}/clientConfig", "value": target})
+    return operations
 
 
 def kind_of(configuration: dict[str, Any]) -> kinds.BuiltinKind:

@@ -17,7 +17,7 @@ import certs
 import manifests.crds
 from api import constants
 from api.kube import api_client
-from spo import localcluster, node
+from spo import incluster, localcluster, node
 
 
 def start_webhook(
@@ -114,9 +114,10 @@ def start_reconciler(
 
 
 def bring_up(
-    state_dir: Path, namespace: str, webhook_port: int, with_node: bool = True
+    state_dir: Path, namespace: str, webhook_port: int, with_node: bool = True, in_cluster: bool = False
 ) -> tuple[localcluster.ControlPlane, dict[str, str]]:
-    """The control plane, with a node unless `with_node` is off, then the operator's components.
+    """The control plane, with a node unless `with_node` is off, then the operator's components: host
+    processes, or with `in_cluster` (a node needed) its Deployments and DaemonSet from the operator image.
     Returns the cluster and what `spo down` and `spo status` need to know of the node."""
     progress = functools.partial(print, flush=True)
     cluster = localcluster.ControlPlane(
@@ -125,7 +126,7 @@ def bring_up(
         webhook_dns_names=certs.webhook_dns_names(constants.WEBHOOK_SERVICE, namespace),
         node=with_node,
     )
-    lock, node_binaries, facts = None, None, {}
+    lock, node_binaries, local_node, facts = None, None, None, {}
     if with_node:
         node_binaries = node.node_binaries_dir(progress)
         missing = node.missing_prerequisites(cluster.binaries, node_binaries)
@@ -150,22 +151,10 @@ def bring_up(
                 "node_binaries": str(node_binaries),
                 "seccomp_dir": str(local_node.paths.seccomp_dir),
             }
-        api = api_client(str(cluster.kubeconfig))
-        localcluster.install_crds(api, manifests.crds.all_crds())
-        localcluster.ensure_namespace(api, namespace)
-        start_webhook(cluster, namespace, webhook_port)
-        start_reconciler(cluster, namespace, f"https://127.0.0.1:{webhook_port}")
-        if with_node:
-            start_agent(
-                cluster,
-                facts["node"],
-                local_node.paths.kubelet_root,
-                namespace,
-                localcluster.free_port(),
-                selinux_dir=local_node.paths.selinux_dir,
-                audit_log=local_node.audit_log,
-                state_dir=local_node.paths.recordings_dir,
-            )
+        if in_cluster and local_node is not None:
+            incluster.deploy(cluster, local_node, namespace, progress)
+        else:
+            _start_host_processes(cluster, namespace, webhook_port, local_node)
     except BaseException:
         stop_all(cluster, node_binaries)
         if lock is not None:
@@ -174,6 +163,29 @@ def bring_up(
     if lock is not None:
         lock.hand_over()
     return cluster, facts
+
+
+def _start_host_processes(
+    cluster: localcluster.ControlPlane, namespace: str, webhook_port: int, local_node: node.Node | None
+) -> None:
+    """The CRDs, the operator namespace, and the webhook, the reconciler and the node's agent as host
+    processes."""
+    api = api_client(str(cluster.kubeconfig))
+    localcluster.install_crds(api, manifests.crds.all_crds())
+    localcluster.ensure_namespace(api, namespace)
+    start_webhook(cluster, namespace, webhook_port)
+    start_reconciler(cluster, namespace, f"https://127.0.0.1:{webhook_port}")
+    if local_node is not None:
+        start_agent(
+            cluster,
+            local_node.name,
+            local_node.paths.kubelet_root,
+            namespace,
+            localcluster.free_port(),
+            selinux_dir=local_node.paths.selinux_dir,
+            audit_log=local_node.audit_log,
+            state_dir=local_node.paths.recordings_dir,
+        )
 
 
 def stop_all(cluster: localcluster.ControlPlane, node_binaries: Path | None) -> None:

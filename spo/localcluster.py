@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 import certs
 from api import constants
-from spo.nodeconfig import kubeconfig
+from spo.nodeconfig import kubeconfig, kubernetes_service_ip
 from spo.processes import stop_process
 
 log = logging.getLogger(__name__)
@@ -140,13 +140,6 @@ class Pki:
     def create(self, webhook_dns_names: Sequence[str]) -> None:
         ca = certs.generate_ca("spo-local-ca")
         certs.write_pair(self.directory, ca, cert_name=constants.CA_CERT_FILE, key_name=constants.CA_KEY_FILE)
-        apiserver = certs.issue_certificate(
-            ca,
-            "kube-apiserver",
-            dns_names=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-            ip_addresses=["127.0.0.1"],
-        )
-        certs.write_pair(self.directory, apiserver, cert_name="apiserver.crt", key_name="apiserver.key")
         admin = certs.issue_certificate(ca, "admin", organization="system:masters", client=True)
         certs.write_pair(self.directory, admin, cert_name="admin.crt", key_name="admin.key")
         webhook = certs.issue_certificate(
@@ -155,6 +148,19 @@ class Pki:
         certs.write_pair(self.webhook_dir, webhook)
         (self.directory / "sa.key").write_bytes(certs.generate_private_key_pem())
         (self.directory / "sa.key").chmod(0o600)
+
+    def issue_apiserver_serving(self) -> None:
+        """The apiserver's serving certificate, issued on every start so that a state directory made by
+        an older version gets the names this one serves under."""
+        ca = certs.load_pair(self.directory, constants.CA_CERT_FILE, constants.CA_KEY_FILE)
+        apiserver = certs.issue_certificate(
+            ca,
+            "kube-apiserver",
+            dns_names=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+            # Pods reach it through the `kubernetes` Service's ClusterIP (the node routes it to loopback).
+            ip_addresses=["127.0.0.1", kubernetes_service_ip()],
+        )
+        certs.write_pair(self.directory, apiserver, cert_name="apiserver.crt", key_name="apiserver.key")
 
     def create_node_components(self) -> None:
         """Identities of the control-plane parts that only run with a node."""
@@ -226,6 +232,7 @@ class ControlPlane:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         if not self.pki.ca_cert.exists():
             self.pki.create(self.webhook_dns_names)
+        self.pki.issue_apiserver_serving()
         if self.node and not self.pki.pair(COMPONENTS_SERVING)[0].exists():
             self.pki.create_node_components()
         etcd_url = self._start_etcd()
@@ -295,6 +302,9 @@ class ControlPlane:
         return [
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
+            # Webhooks behind a Service are dialled at a ready pod's address on the node's bridge: no
+            # kube-proxy routes ClusterIPs here.
+            "--enable-aggregator-routing=true",
             f"--kubelet-client-certificate={cert}",
             f"--kubelet-client-key={key}",
             f"--kubelet-certificate-authority={self.pki.ca_cert}",

@@ -43,6 +43,8 @@ from spo.nodeconfig import (
     kubelet_config,
     mounts_under,
     pod_gateway,
+    route_localnet_sysctl,
+    service_nat_commands,
     sysctl_path,
 )
 from spo.processes import stop_process
@@ -176,12 +178,17 @@ def lock_holder(path: str = constants.NODE_LOCK_FILE) -> str:
         return "unknown"
 
 
-def create_bridge() -> str:
-    """The pods' bridge, up, with the gateway address; returns that address, the node's."""
-    for argv in bridge_commands():
+def create_bridge(apiserver_port: int) -> str:
+    """The pods' bridge, up, with the gateway address, and the `kubernetes` Service routed to the
+    apiserver listening on 127.0.0.1:`apiserver_port`; returns the gateway address, the node's."""
+    for argv in [
+        *bridge_commands(),
+        *(["iptables", "-w", *args] for args in service_nat_commands(apiserver_port)),
+    ]:
         made = subprocess.run(argv, capture_output=True, text=True, check=False)
         if made.returncode != 0:
             raise localcluster.ControlPlaneError(f"{' '.join(argv)} failed: {made.stderr.strip()}")
+    route_localnet_sysctl().write_text("1")
     return pod_gateway()
 
 
@@ -260,9 +267,7 @@ class Node:
             archive = build_node_images(self.paths.images)
         except ImageBuildError as error:
             raise localcluster.ControlPlaneError(f"building the node images failed: {error}") from error
-        imported = self._ctr("images", "import", str(archive), timeout=300)
-        if imported.returncode != 0:
-            raise localcluster.ControlPlaneError(f"importing {archive} failed:\n{imported.stderr}")
+        self.import_image(archive)
         port = localcluster.free_port()
         argv = localcluster.python_module("spo.registry", str(archive), "--port", str(port))
         self.cluster.spawn("registry", argv)
@@ -270,9 +275,15 @@ class Node:
         self.cluster.wait_until(functools.partial(localcluster.http_ok, f"{url}/v2/"), "node image registry")
         write_hosts_dir(self.paths.registry_hosts, url)
 
+    def import_image(self, archive: Path) -> None:
+        """Make the images of an OCI layout tar available to the node's pods (`ctr images import`)."""
+        imported = self._ctr("images", "import", str(archive), timeout=300)
+        if imported.returncode != 0:
+            raise localcluster.ControlPlaneError(f"importing {archive} failed:\n{imported.stderr}")
+
     def _start_kubelet(self, lock: NodeLock) -> None:
         paths, pki = self.paths, self.cluster.pki
-        address = create_bridge()
+        address = create_bridge(self.cluster.api_port)
         pki.create_kubelet(self.name, [address])
         cert, key = pki.pair(localcluster.KUBELET_CLIENT)
         localcluster.write_yaml(

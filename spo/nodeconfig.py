@@ -139,8 +139,12 @@ def audit_status(text: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
 
 
-def pod_gateway(subnet: str = constants.POD_SUBNET) -> str:
+def _first_address(subnet: str) -> str:
     return str(next(ipaddress.ip_network(subnet).hosts()))
+
+
+def pod_gateway(subnet: str = constants.POD_SUBNET) -> str:
+    return _first_address(subnet)
 
 
 def bridge_commands(subnet: str = constants.POD_SUBNET) -> list[list[str]]:
@@ -155,6 +159,32 @@ def bridge_commands(subnet: str = constants.POD_SUBNET) -> list[list[str]]:
         ["ip", "addr", "add", f"{pod_gateway(subnet)}/{network.prefixlen}", "dev", bridge],
         ["ip", "link", "set", bridge, "up"],
     ]
+
+
+def kubernetes_service_ip(subnet: str = constants.SERVICE_SUBNET) -> str:
+    """The `kubernetes` Service's ClusterIP: the apiserver gives it the first address of the range."""
+    return _first_address(subnet)
+
+
+def service_nat_commands(apiserver_port: int, subnet: str = constants.SERVICE_SUBNET) -> list[list[str]]:
+    """`iptables` arguments that make the `kubernetes` Service reach the apiserver on 127.0.0.1, from pods
+    (in-cluster clients dial its ClusterIP) and from the host: what kube-proxy would do for it, and no more.
+    Pods' packets to 127.0.0.1 need `route_localnet` on the bridge (`route_localnet_sysctl`)."""
+    chain = constants.NODE_SERVICES_CHAIN
+    service = kubernetes_service_ip(subnet)
+    return [
+        ["-t", "nat", "-N", chain],
+        ["-t", "nat", "-A", chain, "-d", f"{service}/32", "-p", "tcp",
+         "--dport", str(constants.KUBERNETES_SERVICE_PORT),
+         "-j", "DNAT", "--to-destination", f"127.0.0.1:{apiserver_port}"],
+        ["-t", "nat", "-A", "PREROUTING", "-i", constants.CNI_BRIDGE, "-j", chain],
+        ["-t", "nat", "-A", "OUTPUT", "-d", f"{service}/32", "-j", chain],
+    ]  # fmt: skip
+
+
+def route_localnet_sysctl() -> Path:
+    """Lets packets from the bridge be routed to 127.0.0.1 (the DNAT above); it goes with the bridge."""
+    return Path("/proc/sys/net/ipv4/conf") / constants.CNI_BRIDGE / "route_localnet"
 
 
 def _toml_value(value: Any) -> str:
@@ -234,6 +264,9 @@ def cni_conflist(paths: NodePaths, subnet: str = constants.POD_SUBNET) -> dict[s
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": subnet, "gateway": pod_gateway(subnet)}]],
+                    # Service addresses go to the node (its NAT sends the `kubernetes` one to the
+                    # apiserver); no default route: nothing else is reachable from a pod.
+                    "routes": [{"dst": constants.SERVICE_SUBNET}],
                     "dataDir": str(paths.ipam_dir),
                 },
             },

@@ -75,6 +75,11 @@ def _up(args: argparse.Namespace) -> int:
         # A crash or a kill of some part: what is left is stopped and its state cleaned, then a fresh start.
         print(f"cleaning up after an earlier run that lost {len(recorded) - len(running)} process(es)")
         stop_recorded(state_dir)
+    if args.in_cluster and args.no_node:
+        print(
+            "--in-cluster runs the operator's pods on the node: it cannot go with --no-node", file=sys.stderr
+        )
+        return 2
     # Imported here: the control plane, Kubernetes client and PKI are only needed by `spo up`.
     from kubernetes.client.exceptions import ApiException
 
@@ -83,7 +88,11 @@ def _up(args: argparse.Namespace) -> int:
 
     try:
         cluster, node_facts = bring_up(
-            state_dir, args.namespace, args.webhook_port, with_node=not args.no_node
+            state_dir,
+            args.namespace,
+            args.webhook_port,
+            with_node=not args.no_node,
+            in_cluster=args.in_cluster,
         )
     except (ControlPlaneError, ApiException, OSError) as error:
         print(f"spo up failed: {error}", file=sys.stderr)
@@ -107,6 +116,11 @@ def _up(args: argparse.Namespace) -> int:
             f"are read from {node_facts['seccomp_dir']}\n"
             if node_facts
             else "No node (--no-node): pods stay Pending.\n"
+        )
+        + (
+            f"The operator runs in the cluster: kubectl -n {args.namespace} get pods\n"
+            if args.in_cluster
+            else ""
         )
         + f"Logs (apiserver audit log included): {state_dir / 'logs'}\n"
         "Stop it with `spo down`" + ("." if args.detach else " or Ctrl-C."),
@@ -180,6 +194,12 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--no-node", action="store_true",
         help="the control plane alone: no kubelet, containerd, scheduler or controller-manager; pods stay "
         "Pending (no root needed, and several such clusters may run side by side)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--in-cluster", action="store_true",
+        help="deploy the operator as in a user's cluster: build the operator image offline, import it "
+        "into the node and apply `spo manifests render` (Deployments for the reconciler and the webhook, "
+        "the spod DaemonSet for the agent) instead of running them as host processes",
     )  # fmt: skip
     parser.add_argument("--namespace", default=constants.DEFAULT_NAMESPACE, help="operator namespace")
     parser.add_argument(

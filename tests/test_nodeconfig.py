@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from spo.nodeconfig import (
     iptables_cleanup,
     kubeconfig,
     kubelet_config,
+    kubernetes_service_ip,
     mounts_under,
     pod_gateway,
+    service_nat_commands,
     to_toml,
 )
 
@@ -160,3 +163,22 @@ def test_iptables_cleanup_removes_our_jumps_then_our_chains_only() -> None:
 def test_empty_tables_are_those_with_built_in_chains_only() -> None:
     assert empty_tables(IPTABLES_SAVE) == ["mangle"]
     assert empty_tables("") == []
+
+
+def _as_saved(commands: list[list[str]]) -> str:
+    """What `iptables-save` lists after `commands` ran on an empty nat table."""
+    chains = [args[3] for args in commands if args[2] == "-N"]
+    rules = [shlex.join(args[2:]) for args in commands if args[2] == "-A"]
+    builtin = [":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    return "\n".join(["*nat", *builtin, *(f":{c} - [0:0]" for c in chains), *rules, "COMMIT"]) + "\n"
+
+
+def test_the_kubernetes_service_goes_to_the_apiserver_and_the_clean_up_removes_it_all() -> None:
+    commands = service_nat_commands(6443)
+    dnat = next(args for args in commands if "DNAT" in args)
+    assert dnat[dnat.index("-d") + 1] == f"{kubernetes_service_ip()}/32" == "10.0.0.1/32"
+    assert dnat[dnat.index("--to-destination") + 1] == "127.0.0.1:6443"
+    assert dnat[dnat.index("--dport") + 1] == "443"
+    cleanup = iptables_cleanup(_as_saved(commands))
+    assert [args[2] for args in cleanup] == ["-D", "-D", "-F", "-X"]
+    assert {args[3] for args in cleanup} == {"PREROUTING", "OUTPUT", "SPO-SERVICES"}

@@ -11,6 +11,7 @@ from reconciler.webhook_config import (
     Endpoint,
     desired_mutating_configuration,
     desired_validating_configuration,
+    endpoint_form_changes,
 )
 from tests.docs_examples import default_spod_dict, merge_patch, spod_patches
 
@@ -222,3 +223,24 @@ def test_validating_configuration_covers_raw_selinux_profiles_and_bindings(endpo
                 "port": 443,
             }
         assert client_config["caBundle"] == BUNDLE
+
+
+@pytest.mark.parametrize(
+    ("registered", "wanted"),
+    [
+        (LOCAL, Endpoint(service_namespace="security-profiles-operator")),
+        (Endpoint(service_namespace="security-profiles-operator"), LOCAL),
+    ],
+)
+def test_a_switch_of_endpoint_form_replaces_each_client_config_whole(
+    registered: Endpoint, wanted: Endpoint
+) -> None:
+    spec = SPODSpec.model_validate(default_spod_dict()["spec"])
+    live = desired_mutating_configuration(spec, registered, BUNDLE)
+    desired = desired_mutating_configuration(spec, wanted, BUNDLE)
+    operations = endpoint_form_changes(desired, live)
+    assert [op["path"] for op in operations] == [
+        f"/webhooks/{i}/clientConfig" for i in range(len(live["webhooks"]))
+    ]
+    assert [op["value"] for op in operations] == [w["clientConfig"] for w in desired["webhooks"]]
+    assert endpoint_form_changes(desired, desired) == []
