@@ -10,10 +10,10 @@ One thread (`audit`) owns the source, the parser's output, the pid cache and the
 `attributed(block, pids, index)` is that path up to the dispatch, per block of lines (what
 bench/audit_bench.py measures). An event whose container the index does not know yet (the pod watch
 has not seen its status) waits in a bounded backlog and is dispatched when the watch reports the
-container; host processes are never reported. What is dispatched follows the spod at the time of the event: `enableLogEnricher` (log lines,
-the audit counters, recording from logs), `enableJsonEnricher` (JSON records to stdout or
-`jsonEnricherOptions.auditLogPath`), and their filters; with both off the lines are read and dropped
-unparsed.
+container; host processes are never reported. What is dispatched follows the spod at the time of the
+event: `enableLogEnricher` (log lines, the audit counters, recording from logs), `enableJsonEnricher`
+(JSON records to stdout or `jsonEnricherOptions.auditLogPath`), and their filters; with both off the
+lines are read and dropped unparsed.
 
 Every step that touches the outside (the source, /proc, the writers) is in the modules named above; this
 module only joins them, so its rules are those of `Dispatch` (pure but for the outputs it is given).
