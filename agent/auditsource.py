@@ -55,8 +55,8 @@ _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 KMSG_RECORD_BYTES = 16384  # more than the kernel's record size limit (CONSOLE_EXT_LOG_MAX, 8 KiB)
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+def _decode(raw: bytes | memoryview) -> str:
+    return str(raw, "utf-8", "replace")
 
 
 @dataclass
@@ -100,15 +100,19 @@ class _OpenFile:
         if end < 0:
             self._keep(chunk)
             return None
-        complete = chunk[:end]
+        data: bytes | bytearray = chunk
         if self.pending:
-            complete = bytes(self.pending + complete)
-            self.pending.clear()
-        self._keep(chunk[end + 1 :])
-        # One decode for the whole chunk: a newline byte is never part of a UTF-8 sequence.
-        return _decode(complete)
+            end += len(self.pending)
+            self.pending += chunk
+            data, self.pending = self.pending, bytearray()
+        # One decode for the whole chunk, of a view (no copy of a megabyte): a newline byte is never
+        # part of a UTF-8 sequence.
+        with memoryview(data) as view:
+            text = _decode(view[:end])
+        self._keep(data[end + 1 :])
+        return text
 
-    def _keep(self, rest: bytes) -> None:
+    def _keep(self, rest: bytes | bytearray) -> None:
         self.pending += rest
         if len(self.pending) > MAX_LINE_BYTES:
             log.warning("dropping a line longer than %d bytes", MAX_LINE_BYTES)

@@ -15,6 +15,7 @@ from typing import TextIO
 
 import pytest
 
+from agent import auditsource
 from agent.auditsource import MAX_LINE_BYTES, FileSource, KmsgRecord, KmsgSource, parse_kmsg_record
 from api.constants import KMSG_PATH
 
@@ -210,6 +211,20 @@ def test_a_partial_line_waits_for_its_newline(tmp_path: Path) -> None:
         Steps(lambda: append(path, "a"), lambda: append(path, "b"), lambda: append(path, "c\n\nd\n")),
     )
     assert lines == ["abc", "", "d"]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 4096])
+def test_lines_split_across_reads_come_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    # Reads that end inside a line, and inside a character of several bytes.
+    monkeypatch.setattr(auditsource, "CHUNK_BYTES", chunk_bytes)
+    written = [f"type=SECCOMP {n} h\u00e9llo w\u00f6rld \u2603" * (n % 5) for n in range(300)]
+    path = tmp_path / "audit.log"
+    path.write_text("\n".join(written) + "\n")
+    stop = threading.Event()
+    source = FileSource(path, from_start=True, on_idle=stop.set)
+    assert [line for block in source.blocks(stop) for line in block.split("\n")] == written
 
 
 def test_waits_for_a_file_that_does_not_exist_yet(tmp_path: Path) -> None:
