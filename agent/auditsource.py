@@ -316,11 +316,24 @@ def parse_kmsg_record(record: bytes) -> KmsgRecord | None:
 class KmsgSource:
     """The kernel's log, record by record (see the module docstring)."""
 
-    def __init__(self, path: str | Path = KMSG_PATH, *, from_start: bool = False, poll_seconds: float = 0.2):
+    def __init__(
+        self,
+        path: str | Path = KMSG_PATH,
+        *,
+        from_start: bool = False,
+        poll_seconds: float = 0.2,
+        on_idle: Callable[[], None] | None = None,
+    ):
+        """`on_idle` is called whenever no record is waiting, as FileSource's."""
         self.path = Path(path)
         self.from_start = from_start
         self.poll_seconds = poll_seconds
+        self.on_idle = on_idle
         self.lost_records = 0
+
+    def blocks(self, stop: threading.Event) -> Iterator[str]:
+        """As `lines`: each record is a block of its own (the kernel hands them over one by one)."""
+        return self.lines(stop)
 
     def lines(self, stop: threading.Event) -> Iterator[str]:
         """The records' texts from now on (the log is opened, at its end, by this call); iterate it."""
@@ -346,6 +359,8 @@ class KmsgSource:
                     # one left, and the sequence gap counts what was lost.
                     continue
                 if not record:
+                    if self.on_idle is not None:
+                        self.on_idle()
                     poller.poll(self.poll_seconds * 1000)
                     continue
                 parsed = parse_kmsg_record(record)

@@ -365,7 +365,8 @@ def test_kmsg_sequence_gaps_count_lost_records() -> None:
     the record loop reads a socket that keeps record boundaries as /dev/kmsg does."""
     reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     reader.setblocking(False)
-    source = KmsgSource(poll_seconds=0.01)
+    idle = threading.Event()  # the audit thread's housekeeping runs while nothing waits
+    source = KmsgSource(poll_seconds=0.01, on_idle=idle.set)
     stop = threading.Event()
     seen: list[str] = []
     records = source._records(reader.detach(), stop)  # closes the descriptor when done
@@ -381,3 +382,4 @@ def test_kmsg_sequence_gaps_count_lost_records() -> None:
     writer.close()
     assert seen == ["first", "second", "third"]
     assert source.lost_records == 2  # 12 and 13
+    assert idle.is_set()
