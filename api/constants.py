@@ -349,6 +349,8 @@ ENABLE_RECORDING_LABEL_VALUE: Final = "true"
 FIELD_SELECTOR_POD_NODE_NAME: Final = "spec.nodeName"
 # pid -> container id cache (upstream: 1000 entries); entries carry the process start time.
 PID_CACHE_MAX_ENTRIES: Final = 1000
+# Each cached pid holds its /proc directory open: fds kept free for the rest of the agent beside them.
+PID_CACHE_FD_RESERVE: Final = 512
 # A gone process is attributed through at most this many generations of gone ancestors.
 LINEAGE_MAX_GENERATIONS: Final = 4
 CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
@@ -382,6 +384,8 @@ PROC_CMDLINE: Final = "cmdline"
 PROC_ENVIRON: Final = "environ"
 PROC_EXE: Final = "exe"
 PROC_STATUS: Final = "status"
+PROC_STAT: Final = "stat"
+PROC_CGROUP: Final = "cgroup"
 
 # --- audit lines (agent/auditline.py) -------------------------------------------------------------
 # Record types as auditd names them in audit.log and as the kernel numbers them in its log.
