@@ -39,7 +39,6 @@ from reconciler.runtime import (
     Watch,
     add_finalizer,
     apply,
-    guarded_patch,
     remove_finalizer,
     split_key,
 )
@@ -48,8 +47,8 @@ from reconciler.webhook_config import (
     Endpoint,
     desired_mutating_configuration,
     desired_validating_configuration,
-    endpoint_form_changes,
     kind_of,
+    switch_endpoint_form,
 )
 
 log = logging.getLogger(__name__)
@@ -233,10 +232,8 @@ class SpodReconciler:
         for cache, configuration in desired:
             live = cache.get(configuration["metadata"]["name"])
             observed = live.model_dump(by_alias=True, exclude_none=True) if live is not None else None
-            switch = endpoint_form_changes(configuration, observed) if observed is not None else []
-            if switch and live is not None:
-                log.info("%s: switching the webhooks' endpoint form", configuration["metadata"]["name"])
-                guarded_patch(self.api, kind_of(configuration), live, switch)
+            if live is not None and switch_endpoint_form(self.api, configuration, live):
+                log.info("%s: switched the webhooks' endpoint form", configuration["metadata"]["name"])
                 continue  # the patch's watch event brings the apply, on the configuration as it is now
             if needs_apply(configuration, observed):
                 log.info("applying %s", configuration["metadata"]["name"])

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from api import constants, kinds
-from api.types import LabelSelector, LabelSelectorRequirement, SPODSpec, WebhookOptions
-from reconciler.runtime import apply
+from api.types import KubernetesObject, LabelSelector, LabelSelectorRequirement, SPODSpec, WebhookOptions
+from reconciler.runtime import apply, guarded_patch
 
 REVIEW_VERSIONS = ["v1", "v1beta1"]
 # Docs 7.9.17.1 spell the node-debugging webhook this way; users copying it mean that webhook.
@@ -349,6 +351,27 @@ def kind_of(configuration: dict[str, Any]) -> kinds.BuiltinKind:
 
 
 def apply_webhook_configurations(api: client.ApiClient, *configurations: dict[str, Any]) -> None:
-    """Apply each configuration as ours (server-side apply: fields others added are kept)."""
+    """Apply each configuration as ours (server-side apply: fields others added are kept), switching
+    the endpoint form first where the live one has the other (see endpoint_form_changes)."""
     for configuration in configurations:
-        apply(api, kind_of(configuration), configuration)
+        kind = kind_of(configuration)
+        try:
+            live = client.CustomObjectsApi(api).get_cluster_custom_object(
+                kind.group, kind.version, kind.plural, configuration["metadata"]["name"]
+            )
+        except ApiException as error:
+            if error.status != HTTPStatus.NOT_FOUND:
+                raise
+        else:
+            switch_endpoint_form(api, configuration, KubernetesObject.model_validate(live))
+        apply(api, kind, configuration)
+
+
+def switch_endpoint_form(api: client.ApiClient, desired: dict[str, Any], live: KubernetesObject) -> bool:
+    """Replace the clientConfig of the live configuration's webhooks whose endpoint has the other form
+    than `desired`'s; False when none has. Whoever applies a webhook configuration calls this first: a
+    replace works whoever owns the fields, where an apply keeps fields another manager set."""
+    operations = endpoint_form_changes(desired, live.model_dump(by_alias=True, exclude_none=True))
+    if operations:
+        guarded_patch(api, kind_of(desired), live, operations)
+    return bool(operations)
