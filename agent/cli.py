@@ -114,8 +114,12 @@ def run(args: argparse.Namespace) -> int:
     api = api_client(args.kubeconfig)
     registry = CollectorRegistry()
     spod = SpodWatch(api, args.namespace)
+    # Healthy once every part has started, and while each says it is.
+    started = threading.Event()
     checks: list[Callable[[], bool]] = [spod.cache.has_synced]
-    server = serve(args.host, args.metrics_port, registry, lambda: all(check() for check in checks))
+    server = serve(
+        args.host, args.metrics_port, registry, lambda: started.is_set() and all(check() for check in checks)
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -128,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             checks.append(agent.ready)
         if parts.outputs:
             checks.append(_start_audit(api, spod, registry, args, parts=parts, running=running))
+        started.set()
         log.info("agent (%s) for node %s started", args.role, args.node_name)
         stop.wait()
     return 0
