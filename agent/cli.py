@@ -106,6 +106,14 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     parser.add_argument("--host", default="0.0.0.0", help="address of the metrics and health server")  # noqa: S104
     parser.add_argument("--metrics-port", type=int, default=constants.SPOD_METRICS_PORT)
+    parser.add_argument(
+        "--metrics-from",
+        action="append",
+        default=[],
+        metavar="URL",
+        help=f"also serve on {constants.PATH_METRICS_SPOD} the families of the agent process at URL "
+        "(the spod pod's log enricher, for the metrics Service); repeatable",
+    )
     parser.set_defaults(func=run)
 
 
@@ -118,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
     started = threading.Event()
     checks: list[Callable[[], bool]] = [spod.cache.has_synced]
     server = serve(
-        args.host, args.metrics_port, registry, lambda: started.is_set() and all(check() for check in checks)
+        args.host,
+        args.metrics_port,
+        registry,
+        lambda: started.is_set() and all(check() for check in checks),
+        also=args.metrics_from,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
