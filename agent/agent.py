@@ -96,7 +96,8 @@ class SpodWatch:
     before the parts that read it."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.cache = ResourceCache(api, SPOD, SecurityProfilesOperatorDaemon)
+        # The operator namespace's only, where the spod's Role reads.
+        self.cache = ResourceCache(api, SPOD, SecurityProfilesOperatorDaemon, namespace)
         self._namespace = namespace
 
     def spod(self) -> SecurityProfilesOperatorDaemon | None:

@@ -5,8 +5,10 @@ What goes in and out, and which thread calls it:
 - ``container_id_from_cgroup(text)`` and ``start_time_from_stat(text)`` (pure): the 64-hex container id
   of a ``/proc/<pid>/cgroup`` text (None for a host process), the start time of a ``/proc/<pid>/stat``.
 - ``ContainerIds(proc, max_entries).lookup(pid) -> str | None`` (I/O, the audit pipeline's thread only):
-  the container id of a live process, cached with its start time so that a reused pid is never given the
-  old process's container; None for a host process or a pid that is gone.
+  the container id of a live process, cached with an open fd of its ``<proc>/<pid>`` directory so that a
+  reused pid is never given the old process's container; None for a host process or a pid that is gone;
+  ``batch()`` checks each cached process once for a block of lines; ``close()`` closes the fds.
+  ``fd_budget`` (pure) sizes the fd limit for them.
 - ``containers_of(pod)`` (pure) and ``ContainerIndex`` (thread-safe): container id -> ``ContainerInfo``
   (namespace, pod, container, the pod's uid and labels, the container's recording annotations), fed with
   pods as the API returns them. ``update``/``replace`` return the ids new to the index, whose waiting
@@ -26,11 +28,14 @@ a restarted container are not lost.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import resource
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -39,8 +44,11 @@ from kubernetes import client
 from pydantic import ConfigDict, Field, model_validator
 
 from api import constants, kinds
+from api.constants import PROC_CGROUP, PROC_STAT
 from api.kube import ResourceCache
 from api.types import KubernetesObject
+
+log = logging.getLogger(__name__)
 
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 _FULL_CONTAINER_ID = re.compile(r"[0-9a-f]{64}\Z")
@@ -79,10 +87,11 @@ def start_time_from_stat(text: str) -> int | None:
         return None
 
 
-def _read(path: str) -> str | None:
-    """The whole of a small /proc file, or None once the process is gone (or unreadable)."""
+def _read_at(name: str, directory: int) -> str | None:
+    """The whole of a small file of a process's /proc directory (an open fd), or None once the process
+    is gone (or the file unreadable)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
     except OSError:
         return None
     try:
@@ -93,12 +102,44 @@ def _read(path: str) -> str | None:
         os.close(fd)
 
 
+def fd_budget(soft: int, hard: int, wanted: int, reserve: int) -> tuple[int, int]:
+    """The soft RLIMIT_NOFILE to set and how many pid cache entries (each an open fd) fit under it, for
+    a cache that wants ``wanted`` entries beside ``reserve`` fds for the rest of the process: the soft
+    limit is raised only as far as needed and the hard limit allows (``RLIM_INFINITY`` is -1); the
+    cache shrinks when even the hard limit is too low, to one entry at least."""
+    needed = wanted + reserve
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft, wanted
+    limit = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    return max(soft, limit), max(1, min(wanted, limit - reserve))
+
+
+def _fd_room(wanted: int) -> int:
+    """Make room in this process's fd limit for ``wanted`` cached pid directories (see fd_budget);
+    returns how many fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new_soft, entries = fd_budget(soft, hard, wanted, constants.PID_CACHE_FD_RESERVE)
+    if new_soft != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    if entries < wanted:
+        log.warning(
+            "the fd limit (%d, hard %d) leaves room for %d cached pids, not %d", soft, hard, entries, wanted
+        )
+    return entries
+
+
 class ContainerIds:
     """pid -> container id through ``<proc>/<pid>/cgroup``, an LRU of ``max_entries`` pids.
 
-    Every lookup reads the pid's start time: a cached answer is used only for the same process, so a
-    reused pid is never attributed to the container of the process that had it before. Once in a
-    container's cgroup a process stays there, so a found id holds for the life of the process.
+    A cached answer is used only for the same process, so a reused pid is never attributed to the
+    container of the process that had it before: each entry keeps the process's ``<proc>/<pid>``
+    directory open, and a lookup relative to that fd fails once the process is gone, even if its pid
+    was taken since (the fd names the old process; on a tree that is not the kernel's, the removed
+    directory). One ``faccessat`` per lookup thus checks an entry, where reading and parsing the stat
+    file cost several times as much; within a ``batch()`` (a block of lines), once per process. Once
+    in a container's cgroup a process stays there, so a found id
+    holds for the life of the process. The fds are as many as the entries, closed on eviction and by
+    ``close``; the fd limit is raised to hold them (or the cache shrinks under it).
     Not thread-safe: the audit pipeline's thread owns it."""
 
     def __init__(
@@ -112,9 +153,13 @@ class ContainerIds:
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         self._proc = str(proc)
-        self._max_entries = max_entries
+        self._max_entries = _fd_room(max_entries)
         self._parent_of = parent_of
-        self._cache: OrderedDict[int, tuple[int, str]] = OrderedDict()
+        # pid -> (the open fd of its /proc directory, (container id, start time)).
+        self._cache: OrderedDict[int, tuple[int, tuple[str, int]]] = OrderedDict()
+        self._batching = False
+        # The pids found running in this batch; an entry filled again meanwhile was too (just read).
+        self._checked: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -126,30 +171,65 @@ class ContainerIds:
     def lookup_process(self, pid: int) -> tuple[str, int | None] | None:
         """The container id and the process's start time (which, with the pid, names the process; None
         for a process that is gone and was attributed through its parent)."""
-        start = self._start_time(pid)
-        if start is None:
-            self._cache.pop(pid, None)
-            return self._through_parent(pid)
         cached = self._cache.get(pid)
-        if cached is not None and cached[0] == start:
+        # The common case, first: the cached process still runs (or was seen running in this batch).
+        if cached is not None and (pid in self._checked or os.access(PROC_STAT, os.F_OK, dir_fd=cached[0])):
+            if self._batching:
+                self._checked.add(pid)
             self._cache.move_to_end(pid)
-            return cached[1], start
-        cgroup = _read(f"{self._proc}/{pid}/cgroup")
-        # The process may have exited, and its pid been taken, while its cgroup was read.
-        if cgroup is None or self._start_time(pid) != start:
-            self._cache.pop(pid, None)
-            return None
-        container_id = container_id_from_cgroup(cgroup)
-        if container_id is None:
-            # Not remembered: a process runc is starting is still in the host's cgroup until it
-            # joins its container's.
-            self._cache.pop(pid, None)
-            return None
-        self._cache[pid] = (start, container_id)
-        self._cache.move_to_end(pid)
+            return cached[1]
+        running, found = self._live(pid)
+        return found if running else self._through_parent(pid)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within, the lookups are for events read together (a block of lines): a cached process is
+        checked once for all of them. They were all written before the batch was read, so the process
+        found running at the first says for the others what a check at each would."""
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            self._checked.clear()
+
+    def close(self) -> None:
+        """Close the cached processes' fds and forget them (the cache fills again on use)."""
+        self._checked.clear()
+        while self._cache:
+            os.close(self._cache.popitem()[1][0])
+
+    def _live(self, pid: int) -> tuple[bool, tuple[str, int] | None]:
+        """Whether the process runs (its stat is readable), and its container id and start time when it
+        runs in a container: from the cache while the cached process runs, else read and cached."""
+        cached = self._cache.get(pid)
+        if cached is not None:
+            if os.access(PROC_STAT, os.F_OK, dir_fd=cached[0]):
+                self._cache.move_to_end(pid)
+                return True, cached[1]
+            os.close(self._cache.pop(pid)[0])
+        try:
+            directory = os.open(f"{self._proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False, None
+        stat = _read_at(PROC_STAT, directory)
+        start = start_time_from_stat(stat) if stat is not None else None
+        # Read relative to the same fd, the cgroup file is the same process's even if it exits (the
+        # read then fails) and its pid is taken meanwhile.
+        cgroup = _read_at(PROC_CGROUP, directory) if start is not None else None
+        container_id = container_id_from_cgroup(cgroup) if cgroup is not None else None
+        if start is None or container_id is None:
+            # A host process is not remembered: a process runc is starting is still in the host's
+            # cgroup until it joins its container's.
+            os.close(directory)
+            return start is not None, None
+        found = (container_id, start)
+        self._cache[pid] = (directory, found)
+        if self._batching:
+            self._checked.add(pid)
         if len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
-        return container_id, start
+            os.close(self._cache.popitem(last=False)[1][0])
+        return True, found
 
     def _through_parent(self, pid: int) -> tuple[str, int | None] | None:
         ancestor: int | None = pid
@@ -157,14 +237,10 @@ class ContainerIds:
             ancestor = self._parent_of(ancestor) if self._parent_of is not None and ancestor else None
             if not ancestor:
                 return None
-            if self._start_time(ancestor) is not None:
-                found = self.lookup_process(ancestor)
+            running, found = self._live(ancestor)
+            if running:
                 return (found[0], None) if found is not None else None
         return None
-
-    def _start_time(self, pid: int) -> int | None:
-        stat = _read(f"{self._proc}/{pid}/stat")
-        return start_time_from_stat(stat) if stat is not None else None
 
 
 # --- container id -> pod ---------------------------------------------------------------------------

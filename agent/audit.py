@@ -7,13 +7,14 @@ One thread (`audit`) owns the source, the parser's output, the pid cache and the
       -> container id -> pod (attribution.ContainerIndex, kept by the node's pod watch)
       -> log enricher line (enricher), recorder (recorder.Recorder), JSON record (jsonaudit)
 
-An event whose container the index does not know yet (the pod watch has not seen its status) waits in a
-bounded backlog and is dispatched when the watch reports the container; host processes are never
-reported. What is dispatched follows the spod at the time of the event: `enableLogEnricher` (log lines,
-the audit counters, recording from logs), `enableJsonEnricher` (JSON records to stdout or
-`jsonEnricherOptions.auditLogPath`), and their filters, within the outputs the process's role allows
-(`Output`: the spod DaemonSet runs each enricher in a container of its own); with no output on, the
-lines are read and dropped unparsed.
+`attributed(block, pids, index)` is that path up to the dispatch, per block of lines (what
+bench/audit_bench.py measures). An event whose container the index does not know yet (the pod watch
+has not seen its status) waits in a bounded backlog and is dispatched when the watch reports the
+container; host processes are never reported. What is dispatched follows the spod at the time of the
+event: `enableLogEnricher` (log lines, the audit counters, recording from logs), `enableJsonEnricher`
+(JSON records to stdout or `jsonEnricherOptions.auditLogPath`), and their filters, within the outputs
+the process's role allows (`Output`: the spod DaemonSet runs each enricher in a container of its own);
+with no output on, the lines are read and dropped unparsed.
 
 Every step that touches the outside (the source, /proc, the writers) is in the modules named above; this
 module only joins them, so its rules are those of `Dispatch` (pure but for the outputs it is given).
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import NamedTuple, Protocol, TextIO
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -269,6 +270,31 @@ class Dispatch:
         self._aggregator, self._writer = None, None
 
 
+class Attributed(NamedTuple):
+    """An event of a process in a container, and who that container is."""
+
+    event: AuditEvent
+    container_id: str
+    start_time: int | None  # with the pid, names the process (None: attributed through its parent)
+    info: ContainerInfo | None  # None while the pod watch has not reported the container
+
+
+def attributed(block: str, pids: ContainerIds, index: ContainerIndex) -> Iterator[Attributed | Unparsable]:
+    """The events of a block of audit lines with their containers, and its Unparsables; events of host
+    processes, and of processes gone before their line was read (with no running ancestor in a
+    container), are left out. The audit thread's work per event before dispatch, which
+    bench/audit_bench.py measures."""
+    lookup, get = pids.lookup_process, index.get  # bound once: this runs for every event
+    with pids.batch():
+        for event in parse_block(block):
+            if isinstance(event, Unparsable):
+                yield event
+                continue
+            found = lookup(event.pid)
+            if found is not None:
+                yield Attributed(event, found[0], found[1], get(found[0]))
+
+
 class AuditPipeline:
     """The audit thread: see the module docstring. `source` makes the audit source given the callback
     it calls while idle; `new_containers` is called from the pod watch's thread."""
@@ -316,21 +342,18 @@ class AuditPipeline:
                 self.housekeeping()
         except OSError as error:
             log.error("the audit source failed, no more audit lines are read: %s", error)
+        finally:
+            # Here, not in stop(): the pid cache's fds are this thread's, which may outlive the join.
+            self._pids.close()
 
     def _block(self, spec: SPODSpec, block: str) -> None:
-        for event in parse_block(block):
-            if isinstance(event, Unparsable):
-                self._dispatch.metrics.unparsable.labels(event.record_type).inc()
-                continue
-            found = self._pids.lookup_process(event.pid)
-            if found is None:
-                continue  # a host process, or one gone before its line was read
-            container_id, start_time = found
-            info = self._index.get(container_id)
-            if info is None:
-                self._backlog.add(container_id, (event, start_time), time.monotonic())
+        for item in attributed(block, self._pids, self._index):
+            if isinstance(item, Unparsable):
+                self._dispatch.metrics.unparsable.labels(item.record_type).inc()
+            elif item.info is None:
+                self._backlog.add(item.container_id, (item.event, item.start_time), time.monotonic())
             else:
-                self._dispatch.event(spec, event, info, start_time)
+                self._dispatch.event(spec, item.event, item.info, item.start_time)
 
     def housekeeping(self) -> None:
         """Dispatch the backlog of containers the watch now knows, flush due JSON records, expire the

@@ -26,6 +26,7 @@ not parsed (no AppArmor on the nodes we support).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -143,8 +144,8 @@ def _seccomp(line: str) -> SeccompEvent | Unparsable:
         int(pid),
         int(uid),
         None if gid is None else int(gid),
-        decode_value(exe),
-        decode_value(comm),
+        _decoded(exe),
+        _decoded(comm),
         int(syscall),
         int(arch, 16),
         int(code, 16),
@@ -174,8 +175,8 @@ def _avc(line: str) -> AvcEvent | Unparsable | None:
         scontext,
         tcontext,
         tclass,
-        None if comm is None else decode_value(comm),
-        None if exe is None else decode_value(exe),
+        None if comm is None else _decoded(comm),
+        None if exe is None else _decoded(exe),
         verdict == "denied",
     )
 
@@ -199,12 +200,15 @@ def parse_block(block: str) -> Iterator[AuditEvent | Unparsable]:
     regular-expression scan of the block, so the other lines cost next to nothing."""
     parsed_line = -1
     for marker in _MARKER.finditer(block):
-        start = block.rfind("\n", 0, marker.start()) + 1
+        found_at = marker.start()
+        start = block.rfind("\n", 0, found_at) + 1
         if start == parsed_line:
             continue  # another marker on the line just parsed
         parsed_line = start
         end = block.find("\n", marker.end())
-        event = parse_line(block[start:] if end < 0 else block[start:end])
+        line = block[start:] if end < 0 else block[start:end]
+        # An audit.log line starting with the marker: parse_line's lookup of its type is done already.
+        event = _BY_MARKER[marker.group()](line) if found_at == start else parse_line(line)
         if event is not None:
             yield event
 
@@ -215,6 +219,7 @@ _PARSERS: dict[str, Callable[[str], AuditEvent | Unparsable | None]] = {
     AUDIT_RECORD_AVC: _avc,
     str(AUDIT_RECORD_AVC_NUMBER): _avc,
 }
+_BY_MARKER = {f"{_AUDITD_PREFIX}{record_type} ": parse for record_type, parse in _PARSERS.items()}
 
 
 def decode_value(value: str) -> str:
@@ -230,3 +235,8 @@ def decode_value(value: str) -> str:
     except ValueError:
         return value
     return raw.decode("utf-8", "backslashreplace")
+
+
+# A node's events name a few executables over and over: decoding each name once is a lookup after.
+DECODED_NAMES_CACHE_SIZE = 4096
+_decoded = functools.lru_cache(maxsize=DECODED_NAMES_CACHE_SIZE)(decode_value)

@@ -55,8 +55,8 @@ _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 KMSG_RECORD_BYTES = 16384  # more than the kernel's record size limit (CONSOLE_EXT_LOG_MAX, 8 KiB)
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+def _decode(raw: bytes | memoryview) -> str:
+    return str(raw, "utf-8", "replace")
 
 
 @dataclass
@@ -100,15 +100,19 @@ class _OpenFile:
         if end < 0:
             self._keep(chunk)
             return None
-        complete = chunk[:end]
+        data: bytes | bytearray = chunk
         if self.pending:
-            complete = bytes(self.pending + complete)
-            self.pending.clear()
-        self._keep(chunk[end + 1 :])
-        # One decode for the whole chunk: a newline byte is never part of a UTF-8 sequence.
-        return _decode(complete)
+            end += len(self.pending)
+            self.pending += chunk
+            data, self.pending = self.pending, bytearray()
+        # One decode for the whole chunk, of a view (no copy of a megabyte): a newline byte is never
+        # part of a UTF-8 sequence.
+        with memoryview(data) as view:
+            text = _decode(view[:end])
+        self._keep(data[end + 1 :])
+        return text
 
-    def _keep(self, rest: bytes) -> None:
+    def _keep(self, rest: bytes | bytearray) -> None:
         self.pending += rest
         if len(self.pending) > MAX_LINE_BYTES:
             log.warning("dropping a line longer than %d bytes", MAX_LINE_BYTES)
@@ -312,11 +316,24 @@ def parse_kmsg_record(record: bytes) -> KmsgRecord | None:
 class KmsgSource:
     """The kernel's log, record by record (see the module docstring)."""
 
-    def __init__(self, path: str | Path = KMSG_PATH, *, from_start: bool = False, poll_seconds: float = 0.2):
+    def __init__(
+        self,
+        path: str | Path = KMSG_PATH,
+        *,
+        from_start: bool = False,
+        poll_seconds: float = 0.2,
+        on_idle: Callable[[], None] | None = None,
+    ):
+        """`on_idle` is called whenever no record is waiting, as FileSource's."""
         self.path = Path(path)
         self.from_start = from_start
         self.poll_seconds = poll_seconds
+        self.on_idle = on_idle
         self.lost_records = 0
+
+    def blocks(self, stop: threading.Event) -> Iterator[str]:
+        """As `lines`: each record is a block of its own (the kernel hands them over one by one)."""
+        return self.lines(stop)
 
     def lines(self, stop: threading.Event) -> Iterator[str]:
         """The records' texts from now on (the log is opened, at its end, by this call); iterate it."""
@@ -342,6 +359,8 @@ class KmsgSource:
                     # one left, and the sequence gap counts what was lost.
                     continue
                 if not record:
+                    if self.on_idle is not None:
+                        self.on_idle()
                     poller.poll(self.poll_seconds * 1000)
                     continue
                 parsed = parse_kmsg_record(record)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from agent.agent import Agent, AgentConfig, SpodWatch
 from agent.attribution import ContainerIndex, pod_selectors, watch_node_pods
 from agent.audit import AuditMetrics, AuditPipeline, Dispatch, Output, audit_log_path, stdout_lines
-from agent.auditsource import FileSource
+from agent.auditsource import FileSource, KmsgSource
 from agent.handlers import KindHandler, PolicyFiles, SeccompHandler, SelinuxHandler, seccomp_supported
 from agent.lineage import ForkWatch
 from agent.recorder import Recorder
@@ -103,6 +103,12 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         type=Path,
         default=Path(constants.AUDIT_LOG_PATH),
         help="the audit log the log and JSON enrichers follow (syslog when it does not exist at start)",
+    )
+    parser.add_argument(
+        "--kernel-log",
+        action="store_true",
+        help=f"read the audit lines from the kernel's log ({constants.KMSG_PATH}) instead of --audit-log, on "
+        "hosts without auditd; lossy: the kernel rate-limits them there and drops what a reader misses",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address of the metrics and health server")  # noqa: S104
     parser.add_argument("--metrics-port", type=int, default=constants.SPOD_METRICS_PORT)
@@ -192,7 +198,9 @@ def _start_audit(
     dispatch = Dispatch(args.node_name, args.proc, recorder, metrics, stdout_lines(), allowed=parts.outputs)
     forks = ForkWatch()
     pipeline = AuditPipeline(
-        lambda idle: FileSource(audit_log, on_idle=idle),
+        (lambda idle: KmsgSource(on_idle=idle))
+        if args.kernel_log
+        else (lambda idle: FileSource(audit_log, on_idle=idle)),
         dispatch,
         index,
         spod.spec,
@@ -213,7 +221,11 @@ def _start_audit(
         running.callback(cache.stop)
     pipeline.start()
     running.callback(pipeline.stop)
-    log.info("following %s for the %s", audit_log, ", ".join(sorted(o.name for o in parts.outputs)))
+    log.info(
+        "following %s for the %s",
+        constants.KMSG_PATH if args.kernel_log else audit_log,
+        ", ".join(sorted(o.name for o in parts.outputs)),
+    )
     return lambda: all(cache.has_synced() for cache in caches)
 
 

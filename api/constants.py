@@ -114,6 +114,9 @@ WEBHOOK_SERVICE_ACCOUNT: Final = "spo-webhook"
 SPOD_SERVICE_ACCOUNT: Final = "spod"
 METRICS_CLIENT_ROLE: Final = "spo-metrics-client"
 METRICS_CLIENT_SERVICE_ACCOUNT: Final = "default"
+# How the apiserver names a service account's user, and the group of a namespace's service accounts.
+SERVICE_ACCOUNT_USER_PREFIX: Final = "system:serviceaccount:"
+SERVICE_ACCOUNTS_GROUP_PREFIX: Final = "system:serviceaccounts:"
 PATH_METRICS: Final = "/metrics"
 PATH_METRICS_SPOD: Final = "/metrics-spod"
 METRICS_PATHS: Final = (PATH_METRICS, PATH_METRICS_SPOD)
@@ -346,6 +349,8 @@ ENABLE_RECORDING_LABEL_VALUE: Final = "true"
 FIELD_SELECTOR_POD_NODE_NAME: Final = "spec.nodeName"
 # pid -> container id cache (upstream: 1000 entries); entries carry the process start time.
 PID_CACHE_MAX_ENTRIES: Final = 1000
+# Each cached pid holds its /proc directory open: fds kept free for the rest of the agent beside them.
+PID_CACHE_FD_RESERVE: Final = 512
 # A gone process is attributed through at most this many generations of gone ancestors.
 LINEAGE_MAX_GENERATIONS: Final = 4
 CONTAINER_INDEX_MAX_ENTRIES: Final = 10000
@@ -379,6 +384,8 @@ PROC_CMDLINE: Final = "cmdline"
 PROC_ENVIRON: Final = "environ"
 PROC_EXE: Final = "exe"
 PROC_STATUS: Final = "status"
+PROC_STAT: Final = "stat"
+PROC_CGROUP: Final = "cgroup"
 
 # --- audit lines (agent/auditline.py) -------------------------------------------------------------
 # Record types as auditd names them in audit.log and as the kernel numbers them in its log.

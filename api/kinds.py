@@ -109,6 +109,9 @@ VALIDATING_WEBHOOK_CONFIGURATION = BuiltinKind(
 LEASE = BuiltinKind("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
 # The core group is "" (served under /api/v1); api.kube lists it through the core client.
 POD = BuiltinKind("", "v1", "pods", "Pod", namespaced=True)
+SECRET = BuiltinKind("", "v1", "secrets", "Secret", namespaced=True)
+CONFIG_MAP = BuiltinKind("", "v1", "configmaps", "ConfigMap", namespaced=True)
+EVENT = BuiltinKind("", "v1", "events", "Event", namespaced=True)
 
 
 _SELINUX_COLUMNS = (

@@ -1,7 +1,7 @@
 """The operator's static deployment objects, as Python data built from api.constants.
 
-Namespace, service accounts, least-privilege RBAC for the three processes (see "who writes what" in
-ARCHITECTURE.md), the reconciler and webhook Deployments, their Services, the webhook's disruption budget and
+Namespace, service accounts, least-privilege RBAC for the three processes (rendered from what their code
+does, api.access), the reconciler and webhook Deployments, their Services, the webhook's disruption budget and
 the profile ConfigMap. Objects the reconciler renders at run time (spod DaemonSet, webhook configurations,
 the webhook's serving-certificate Secret unless cert-manager issues it) are deliberately absent.
 """
@@ -13,30 +13,11 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any, Final
 
-from api import constants, nodepaths
-from api.kinds import (
-    NODE_STATUS,
-    PROFILE_BINDING,
-    PROFILE_RECORDING,
-    RAW_SELINUX_PROFILE,
-    SECCOMP_PROFILE,
-    SELINUX_PROFILE,
-    SPOD,
-    ResourceKind,
-)
+from api import access, constants, nodepaths
+from api.access import VERB_ORDER, Access, Scope, grants
 from api.nodepaths import NodePaths
 
-_CORE: Final = ""
-_APPS: Final = "apps"
-_COORDINATION: Final = "coordination.k8s.io"
-_ADMISSION: Final = "admissionregistration.k8s.io"
-_EVENTS: Final = "events.k8s.io"
 _RBAC: Final = "rbac.authorization.k8s.io"
-_READ: Final = ("get", "list", "watch")
-_EMIT: Final = ("create", "patch")
-_STATUS_WRITE: Final = ("get", "update", "patch")
-_PROFILE_KINDS: Final = (SECCOMP_PROFILE, SELINUX_PROFILE, RAW_SELINUX_PROFILE)
-_WEBHOOK_CONFIGURATIONS: Final = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
 # The spod pods use the host's PID and network namespaces and its directories (and, with enableSelinux,
 # a privileged container).
 _POD_SECURITY_LEVEL: Final = "privileged"
@@ -66,9 +47,7 @@ def deployment_objects(
                 constants.SPOD_SERVICE_ACCOUNT,
             )
         ),
-        *_reconciler_rbac(namespace),
-        *_webhook_rbac(namespace),
-        *_agent_rbac(namespace),
+        *_rbac(namespace),
         *_metrics_client_rbac(namespace),
         _profile_configmap(namespace),
         _service(constants.WEBHOOK_SERVICE, namespace, _webhook_labels(), "https"),
@@ -123,18 +102,30 @@ def _namespace(name: str) -> dict[str, Any]:
 # --- RBAC -----------------------------------------------------------------------------------------------
 
 
-def _rule(group: str, resources: Sequence[str], verbs: Sequence[str]) -> dict[str, Any]:
-    return {"apiGroups": [group], "resources": list(resources), "verbs": list(verbs)}
-
-
-def _ours(kinds: Sequence[ResourceKind], verbs: Sequence[str], subresource: str = "") -> dict[str, Any]:
-    suffix = f"/{subresource}" if subresource else ""
-    return _rule(constants.GROUP, [f"{kind.plural}{suffix}" for kind in kinds], verbs)
-
-
-def _events_rules() -> list[dict[str, Any]]:
-    # Events about cluster-scoped profiles land in `default`, about bindings in the workload's namespace.
-    return [_rule(_CORE, ["events"], _EMIT), _rule(_EVENTS, ["events"], _EMIT)]
+def _rules(accesses: Sequence[Access], scope: Scope) -> list[dict[str, Any]]:
+    """RBAC rules granting exactly the accesses of `scope`, merged into as few rules as say it plainly:
+    one per api group, verbs and object names. ValueError for a verb RBAC does not know."""
+    verbs: dict[tuple[str, str, str], set[str]] = {}
+    for grant in grants(accesses):
+        if grant.scope == scope:
+            verbs.setdefault((grant.group, grant.resource, grant.name), set()).add(grant.verb)
+    names: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    for (group, resource, name), found in sorted(verbs.items()):
+        unknown = found - set(VERB_ORDER)
+        if unknown:
+            raise ValueError(f"{resource}: {sorted(unknown)} not among the RBAC verbs {VERB_ORDER}")
+        in_order = tuple(verb for verb in VERB_ORDER if verb in found)
+        names.setdefault((group, resource, in_order), []).append(name)
+    resources: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    for (group, resource, in_order), named in names.items():
+        resources.setdefault((group, in_order, tuple(named)), []).append(resource)
+    rules = []
+    for (group, in_order, only), listed in sorted(resources.items()):
+        rule: dict[str, Any] = {"apiGroups": [group], "resources": listed, "verbs": list(in_order)}
+        if only != ("",):
+            rule["resourceNames"] = list(only)
+        rules.append(rule)
+    return rules
 
 
 def _grant(
@@ -153,68 +144,21 @@ def _grant(
     return [_object(f"{_RBAC}/v1", kind, name, scoped, rules=rules), binding]
 
 
-def _reconciler_rbac(namespace: str) -> list[dict[str, Any]]:
-    cluster_rules = [
-        # Merged and built-in profiles are created by the reconciler; merged partials and profiles that
-        # break allowedSyscalls are deleted by it.
-        _ours(_PROFILE_KINDS, (*_READ, "create", "update", "patch", "delete")),
-        _ours(_PROFILE_KINDS, _STATUS_WRITE, "status"),
-        # Owner references with blockOwnerDeletion need update on the owner's finalizers subresource.
-        _ours((*_PROFILE_KINDS, SPOD), ("update",), "finalizers"),
-        _ours((PROFILE_BINDING, PROFILE_RECORDING), (*_READ, "update", "patch")),
-        _ours((PROFILE_BINDING, PROFILE_RECORDING), _STATUS_WRITE, "status"),
-        _ours((NODE_STATUS,), (*_READ, "delete")),
-        # api.kube caches list and watch cluster-wide; only the operator namespace's spod is acted on.
-        _ours((SPOD,), _READ),
-        _rule(_CORE, ["pods", "nodes"], _READ),
-        _rule(_ADMISSION, _WEBHOOK_CONFIGURATIONS, (*_READ, "create")),
-        # Write access to admission webhooks is a cluster-wide power: limit it to the operator's own two.
-        *(
-            {**_rule(_ADMISSION, [resource], ("update", "patch", "delete")), "resourceNames": [name]}
-            for resource, name in zip(
-                _WEBHOOK_CONFIGURATIONS,
-                (constants.MUTATING_WEBHOOK_CONFIGURATION, constants.VALIDATING_WEBHOOK_CONFIGURATION),
-                strict=True,
-            )
-        ),
-        *_events_rules(),
-    ]
-    namespace_rules = [
-        _ours((SPOD,), ("create", "update", "patch")),
-        _ours((SPOD,), _STATUS_WRITE, "status"),
-        _rule(_APPS, ["daemonsets"], (*_READ, "create", "update", "patch", "delete")),
-        # The webhook's serving certificate, unless cert-manager issues it.
-        _rule(_CORE, ["secrets"], (*_READ, "create", "update", "patch")),
-        _rule(_CORE, ["configmaps", "services"], _READ),
-        # Leader election, and the agents' heartbeat Leases telling which nodes must report.
-        _rule(_COORDINATION, ["leases"], (*_READ, "create", "update")),
-    ]
+def _component_rbac(service_account: str, namespace: str, accesses: Sequence[Access]) -> list[dict[str, Any]]:
+    """The component's ClusterRole and Role (each only when it grants something), from api.access."""
+    found: list[dict[str, Any]] = []
+    for kind, scope in (("ClusterRole", Scope.CLUSTER), ("Role", Scope.NAMESPACE)):
+        rules = _rules(accesses, scope)
+        if rules:
+            found += _grant(kind, service_account, namespace, rules)
+    return found
+
+
+def _rbac(namespace: str) -> list[dict[str, Any]]:
     return [
-        *_grant("ClusterRole", constants.RECONCILER_SERVICE_ACCOUNT, namespace, cluster_rules),
-        *_grant("Role", constants.RECONCILER_SERVICE_ACCOUNT, namespace, namespace_rules),
-    ]
-
-
-def _webhook_rbac(namespace: str) -> list[dict[str, Any]]:
-    # Admission decisions come from watch caches; the webhook never writes to the API.
-    reads = (PROFILE_BINDING, PROFILE_RECORDING, *_PROFILE_KINDS, SPOD)
-    return _grant("ClusterRole", constants.WEBHOOK_SERVICE_ACCOUNT, namespace, [_ours(reads, _READ)])
-
-
-def _agent_rbac(namespace: str) -> list[dict[str, Any]]:
-    cluster_rules = [
-        # Finalizers, profile-id label and syscalls annotation; the recorder creates recorded profiles.
-        _ours(_PROFILE_KINDS, (*_READ, "create", "update", "patch")),
-        _ours((NODE_STATUS,), (*_READ, "create", "update", "patch", "delete")),
-        _ours((PROFILE_RECORDING,), (*_READ, "update", "patch")),
-        _ours((SPOD,), _READ),
-        _rule(_CORE, ["pods"], _READ),
-        *_events_rules(),
-    ]
-    namespace_rules = [_rule(_COORDINATION, ["leases"], ("get", "create", "update"))]
-    return [
-        *_grant("ClusterRole", constants.SPOD_SERVICE_ACCOUNT, namespace, cluster_rules),
-        *_grant("Role", constants.SPOD_SERVICE_ACCOUNT, namespace, namespace_rules),
+        *_component_rbac(constants.RECONCILER_SERVICE_ACCOUNT, namespace, access.RECONCILER),
+        *_component_rbac(constants.WEBHOOK_SERVICE_ACCOUNT, namespace, access.WEBHOOK),
+        *_component_rbac(constants.SPOD_SERVICE_ACCOUNT, namespace, access.AGENT),
     ]
 
 

@@ -138,7 +138,7 @@ class ProfileControllers:
         self.pods.add_index(_RECORDINGS, lambda pod: pod.recordings)
         self.bindings = ResourceCache(api, kinds.PROFILE_BINDING, ProfileBinding)
         self.recordings = ResourceCache(api, kinds.PROFILE_RECORDING, ProfileRecording)
-        self.spods = ResourceCache(api, kinds.SPOD, SecurityProfilesOperatorDaemon)
+        self.spods = ResourceCache(api, kinds.SPOD, SecurityProfilesOperatorDaemon, namespace)
         self._spod_key = f"{namespace}/{constants.SPOD_NAME}"
         self.profiles[SeccompProfile.KIND].add_index(
             _BASES, lambda p: (p.spec.base_profile_name,) if p.spec.base_profile_name else ()

@@ -120,7 +120,7 @@ class SpodReconciler:
         self.api = api
         self.settings = settings
         self.spods: ResourceCache[SecurityProfilesOperatorDaemon] = ResourceCache(
-            api, kinds.SPOD, SecurityProfilesOperatorDaemon
+            api, kinds.SPOD, SecurityProfilesOperatorDaemon, settings.namespace
         )
         self.mutating: ResourceCache[KubernetesObject] = ResourceCache(
             api, kinds.MUTATING_WEBHOOK_CONFIGURATION, KubernetesObject

@@ -23,6 +23,7 @@ import manifests.crds
 from api import constants
 from api.kinds import SPOD
 from api.kube import api_client
+from api.nodepaths import NodePaths
 from api.objects import Objects
 from spo import images, localcluster
 from spo.node import Node
@@ -46,7 +47,14 @@ def deploy(
     node.import_image(built.path)
     progress(f"imported {built.reference} ({built.digest[:19]}); applying the manifests ...")
     api = api_client(str(cluster.kubeconfig))
-    rendered = manifests.render(namespace, built.reference)
+    # The DaemonSet mounts, and its agents use, the paths where this node keeps them (below its state).
+    node_paths = NodePaths(
+        kubelet_dir=str(node.paths.kubelet_root),
+        audit_log=str(node.audit_log),
+        selinux_dir=str(node.paths.selinux_dir),
+        state_dir=str(node.paths.recordings_dir),
+    )
+    rendered = manifests.render(namespace, built.reference, node_paths=node_paths)
     crds = [obj for obj in rendered if obj["kind"] == "CustomResourceDefinition"]
     localcluster.install_crds(api, crds)
     Objects(api).apply([obj for obj in rendered if obj not in crds], INSTALL_FIELD_MANAGER)

@@ -57,6 +57,12 @@ AUDIT_POLICY = {
             "verbs": ["create", "update", "patch", "delete"],
             "resources": [{"group": "", "resources": ["pods"]}],
         },
+        # Every request of the operator's own service accounts (in-cluster): tests/e2e/test_rbac.py holds
+        # them against the roles (api.access).
+        {
+            "level": "Metadata",
+            "userGroups": [f"{constants.SERVICE_ACCOUNTS_GROUP_PREFIX}{constants.DEFAULT_NAMESPACE}"],
+        },
         {"level": "None"},
     ],
 }

@@ -10,7 +10,7 @@ audit_test.go), the others from auditd 3.0.9's own output on Debian bookworm.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 X86_64 = "c000003e"
 # x86_64 numbers 0-334 are all defined, so ausearch and libseccomp both name every one of them.
@@ -90,15 +90,18 @@ def noise_event(serial: int, pid: int, rng: random.Random) -> list[str]:
     ]
 
 
-def audit_log_lines(count: int, seed: int = 11) -> Iterator[str]:
+def audit_log_lines(count: int, seed: int = 11, pids: Sequence[int] = ()) -> Iterator[str]:
     """About `count` lines (whole events, so up to 3 more), reproducible for a seed: 40% of the events
-    SECCOMP, 10% AVC, the rest noise."""
+    SECCOMP, 10% AVC, the rest noise; the events of the processes `pids` (a node's, for attribution),
+    or of random pids."""
     rng = random.Random(seed)
     serial = 1000
     produced = 0
     while produced < count:
         serial += 1
         pid = rng.randrange(300, 4_000_000)
+        if pids:
+            pid = pids[pid % len(pids)]
         roll = rng.random()
         if roll < 0.4:
             lines = [

@@ -5,10 +5,12 @@ fed with pods as the API returns them, the backlog's bounds, the pod watch's sel
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,12 @@ from agent.attribution import (
     container_id_from_cgroup,
     container_id_from_status,
     containers_of,
+    fd_budget,
     pod_selectors,
     start_time_from_stat,
 )
+from api import constants
+from tests.forked import in_child
 
 # Container ids of upstream's internal/pkg/util/containers_test.go (inventory §6.2).
 CRIO_ID = "af208fd68bf39a07a439ed0c9b6609b9ae63ecd8a5f1a2af3e0db48b945b320a"
@@ -210,6 +215,72 @@ def test_the_pid_cache_is_bounded_least_recently_used_first(fake_proc: FakeProc)
     assert ids.lookup(2) == CONTAINERD_ID  # evicted, so read again
 
 
+def test_the_cache_holds_one_fd_per_entry_and_closes_them(fake_proc: FakeProc) -> None:
+    ids = ContainerIds(fake_proc.root, max_entries=3)
+    before = _open_fds()
+    for pid in range(1, 8):
+        fake_proc.process(pid, 100, _cgroup(CRIO_ID))
+        assert ids.lookup(pid) == CRIO_ID
+        assert _open_fds() - before == len(ids) == min(pid, 3)
+    fake_proc.exit(7)
+    assert ids.lookup(7) is None
+    fake_proc.process(8, 100, "0::/user.slice\n")
+    assert ids.lookup(8) is None  # a host process: not cached, its fd closed
+    assert _open_fds() - before == len(ids) == 2
+    ids.close()
+    assert (_open_fds(), len(ids)) == (before, 0)
+    assert ids.lookup(6) == CRIO_ID  # usable again after close
+
+
+def test_a_batch_checks_each_cached_process_once(fake_proc: FakeProc) -> None:
+    ids = ContainerIds(fake_proc.root, max_entries=1)
+    fake_proc.process(1, 100, _cgroup(CRIO_ID))
+    fake_proc.process(2, 100, _cgroup(CONTAINERD_ID))
+    with ids.batch():
+        assert ids.lookup(1) == CRIO_ID
+        fake_proc.exit(1)  # after its lines were read: they are still its
+        assert ids.lookup(1) == CRIO_ID
+        assert ids.lookup(2) == CONTAINERD_ID  # evicts 1, which is checked again if seen again
+        fake_proc.process(1, 200, _cgroup(CONTAINERD_ID))
+        assert ids.lookup(1) == CONTAINERD_ID
+        fake_proc.exit(1)
+    assert ids.lookup(1) is None  # outside a batch, every lookup checks
+    fake_proc.process(1, 300, _cgroup(CRIO_ID))
+    assert ids.lookup(1) == CRIO_ID
+    ids.close()
+
+
+INFINITY = resource.RLIM_INFINITY
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "wanted", "reserve", "expected"),
+    [
+        (20000, 20000, 1000, 512, (20000, 1000)),  # room already
+        (1512, 4096, 1000, 512, (1512, 1000)),  # exactly enough
+        (1024, 4096, 1000, 512, (1512, 1000)),  # raised as far as needed, not to the hard limit
+        (1024, INFINITY, 1000, 512, (1512, 1000)),
+        (INFINITY, INFINITY, 1000, 512, (INFINITY, 1000)),
+        (1024, 1024, 1000, 512, (1024, 512)),  # the hard limit is the soft one: the cache shrinks
+        (256, 1200, 1000, 512, (1200, 688)),  # raised to the hard limit, still too low: shrinks
+        (256, 256, 1000, 512, (256, 1)),  # at least one entry
+    ],
+)
+def test_fd_budget(soft: int, hard: int, wanted: int, reserve: int, expected: tuple[int, int]) -> None:
+    assert fd_budget(soft, hard, wanted, reserve) == expected
+
+
+def test_the_fd_limit_is_raised_for_the_cache() -> None:
+    def body() -> bytes:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        ContainerIds(Path("/proc"), max_entries=1000)
+        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]).encode()
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert int(in_child(body)) == fd_budget(64, hard, 1000, constants.PID_CACHE_FD_RESERVE)[0] > 64
+
+
 def test_bounds_must_leave_room() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         ContainerIds(Path("/proc"), max_entries=0)
@@ -242,12 +313,12 @@ def _cgroup_mount() -> Path | None:
     return None
 
 
-@pytest.fixture
-def child_in_container_cgroup() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+Child = tuple[subprocess.Popen[bytes], str]
+
+
+@contextmanager
+def _in_container_cgroup(mount: Path) -> Iterator[Child]:
     """A `sleep` moved into a new cgroup named like a container (a 64-hex id), removed afterwards."""
-    mount = _cgroup_mount()
-    if mount is None:
-        pytest.skip("no cgroup hierarchy is mounted")
     container_id = uuid.uuid4().hex + uuid.uuid4().hex
     parent = mount / f"spo-attribution-test-{uuid.uuid4().hex[:8]}"
     group = parent / container_id
@@ -269,16 +340,51 @@ def child_in_container_cgroup() -> Iterator[tuple[subprocess.Popen[bytes], str]]
         parent.rmdir()
 
 
+@pytest.fixture
+def container_children() -> Callable[[], AbstractContextManager[Child]]:
+    """Makes children in cgroups named like containers (see _in_container_cgroup)."""
+    mount = _cgroup_mount()
+    if mount is None:
+        pytest.skip("no cgroup hierarchy is mounted")
+    return lambda: _in_container_cgroup(mount)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_a_child_in_a_container_cgroup_is_attributed_until_it_exits(
-    child_in_container_cgroup: tuple[subprocess.Popen[bytes], str],
+    container_children: Callable[[], AbstractContextManager[Child]],
 ) -> None:
-    child, container_id = child_in_container_cgroup
-    ids = ContainerIds(Path("/proc"))
-    assert ids.lookup(child.pid) == container_id
-    assert ids.lookup(os.getpid()) != container_id
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert ids.lookup(child.pid) is None
+    with container_children() as (child, container_id):
+        ids = ContainerIds(Path("/proc"))
+        before = _open_fds()
+        assert ids.lookup(child.pid) == container_id
+        assert ids.lookup(os.getpid()) != container_id
+        assert (len(ids), _open_fds()) == (1, before + 1)  # the child's /proc directory, held open
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert ids.lookup(child.pid) is None
+        assert (len(ids), _open_fds()) == (0, before)
+
+
+def test_a_pid_taken_by_another_process_is_read_again_on_the_real_proc(
+    tmp_path: Path, container_children: Callable[[], AbstractContextManager[Child]]
+) -> None:
+    # The kernel cannot be made to reuse a pid on demand: a tree whose entry 1234 is a link to a real
+    # process's directory, then to another's once the first has exited, is a pid taken again.
+    entry = tmp_path / "1234"
+    ids = ContainerIds(tmp_path)
+    with container_children() as (first, first_id):
+        entry.symlink_to(f"/proc/{first.pid}")
+        found = ids.lookup_process(1234)
+        assert found is not None and found[0] == first_id
+    with container_children() as (second, second_id):
+        entry.unlink()
+        entry.symlink_to(f"/proc/{second.pid}")
+        assert ids.lookup(1234) == second_id
+        assert len(ids) == 1
+    ids.close()
 
 
 # --- container id -> pod ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ spod's switches and filters."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -155,6 +156,13 @@ def test_a_containers_seccomp_line_becomes_an_enriched_line_a_count_and_a_record
     assert rig.audit_count("read") == 1
     assert rig.recorder.syscalls == [("my-namespace", "my-pod", "nginx", "read")]
     assert rig.json_out.lines == []
+
+
+def test_the_pid_cache_fds_are_closed_when_the_audit_thread_ends(rig: Rig) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    rig.run(*(seccomp_line(CONTAINER_PID, READ, serial) for serial in range(3)))
+    assert len(rig.emitted) == 3  # the container's process was cached (its directory held open)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_with_both_enrichers_off_nothing_is_dispatched(rig: Rig) -> None:

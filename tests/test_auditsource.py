@@ -15,6 +15,7 @@ from typing import TextIO
 
 import pytest
 
+from agent import auditsource
 from agent.auditsource import MAX_LINE_BYTES, FileSource, KmsgRecord, KmsgSource, parse_kmsg_record
 from api.constants import KMSG_PATH
 
@@ -212,6 +213,20 @@ def test_a_partial_line_waits_for_its_newline(tmp_path: Path) -> None:
     assert lines == ["abc", "", "d"]
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 4096])
+def test_lines_split_across_reads_come_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    # Reads that end inside a line, and inside a character of several bytes.
+    monkeypatch.setattr(auditsource, "CHUNK_BYTES", chunk_bytes)
+    written = [f"type=SECCOMP {n} h\u00e9llo w\u00f6rld \u2603" * (n % 5) for n in range(300)]
+    path = tmp_path / "audit.log"
+    path.write_text("\n".join(written) + "\n")
+    stop = threading.Event()
+    source = FileSource(path, from_start=True, on_idle=stop.set)
+    assert [line for block in source.blocks(stop) for line in block.split("\n")] == written
+
+
 def test_waits_for_a_file_that_does_not_exist_yet(tmp_path: Path) -> None:
     path = tmp_path / "audit" / "audit.log"
     steps = Steps(lambda: None, path.parent.mkdir, lambda: path.write_text("first\n"))
@@ -350,7 +365,8 @@ def test_kmsg_sequence_gaps_count_lost_records() -> None:
     the record loop reads a socket that keeps record boundaries as /dev/kmsg does."""
     reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     reader.setblocking(False)
-    source = KmsgSource(poll_seconds=0.01)
+    idle = threading.Event()  # the audit thread's housekeeping runs while nothing waits
+    source = KmsgSource(poll_seconds=0.01, on_idle=idle.set)
     stop = threading.Event()
     seen: list[str] = []
     records = source._records(reader.detach(), stop)  # closes the descriptor when done
@@ -366,3 +382,4 @@ def test_kmsg_sequence_gaps_count_lost_records() -> None:
     writer.close()
     assert seen == ["first", "second", "third"]
     assert source.lost_records == 2  # 12 and 13
+    assert idle.is_set()

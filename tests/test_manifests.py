@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 import manifests
-from api import constants, validation
+from api import access, constants, validation
 from api.kinds import (
     ALL_KINDS,
     NODE_STATUS,
@@ -28,6 +28,7 @@ from api.kinds import (
     ResourceKind,
 )
 from api.types import ProfileRecordingSpec, Resource, SeccompAction
+from manifests import deploy
 from manifests.cli import register_cli
 from manifests.crds import SchemaConversionError, all_crds, crd, is_structural
 from manifests.layout import PACKAGE_DIR, REGENERATE_COMMAND, generated_files, stale_files, write
@@ -466,60 +467,73 @@ def can(
 NS = constants.DEFAULT_NAMESPACE
 GROUP = constants.GROUP
 PROFILES = [SECCOMP_PROFILE.plural, SELINUX_PROFILE.plural, RAW_SELINUX_PROFILE.plural]
-RECONCILER_NEEDS = [
-    *[(verb, GROUP, SPOD.plural, NS) for verb in ("get", "list", "watch", "create", "update", "patch")],
-    *[(verb, GROUP, f"{SPOD.plural}/status", NS) for verb in ("update", "patch")],
-    *[(verb, GROUP, plural, None) for plural in PROFILES for verb in ("list", "watch", "update", "patch")],
-    *[(verb, GROUP, f"{plural}/status", None) for plural in PROFILES for verb in ("update", "patch")],
-    *[("update", GROUP, f"{plural}/finalizers", None) for plural in PROFILES],
-    *[
-        (verb, GROUP, kind.plural, None)
-        for kind in (PROFILE_BINDING, PROFILE_RECORDING)
-        for verb in ("get", "list", "watch", "update", "patch")
-    ],
-    ("patch", GROUP, f"{PROFILE_RECORDING.plural}/status", None),
-    *[(verb, GROUP, NODE_STATUS.plural, None) for verb in ("list", "watch", "delete")],
-    ("watch", "", "pods", None),
-    ("watch", "", "nodes", None),
-    *[(verb, "apps", "daemonsets", NS) for verb in ("list", "watch", "create", "update", "delete")],
-    ("create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", None),
-    ("watch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", None),
-    ("create", "", "secrets", NS),
-    ("watch", "", "configmaps", NS),
-    ("watch", "", "services", NS),
-    *[(verb, "coordination.k8s.io", "leases", NS) for verb in ("get", "create", "update")],
-    ("create", "", "events", "default"),
-    ("patch", "events.k8s.io", "events", "workloads"),
+COMPONENTS = [
+    (constants.RECONCILER_SERVICE_ACCOUNT, access.RECONCILER),
+    (constants.WEBHOOK_SERVICE_ACCOUNT, access.WEBHOOK),
+    (constants.SPOD_SERVICE_ACCOUNT, access.AGENT),
 ]
-AGENT_NEEDS = [
-    *[
-        (verb, GROUP, plural, None)
-        for plural in PROFILES
-        for verb in ("get", "list", "watch", "update", "patch")
-    ],
-    *[
-        (verb, GROUP, NODE_STATUS.plural, None)
-        for verb in ("get", "list", "watch", "create", "update", "patch", "delete")
-    ],
-    *[(verb, GROUP, PROFILE_RECORDING.plural, None) for verb in ("get", "list", "watch", "update", "patch")],
-    ("watch", GROUP, SPOD.plural, NS),
-    ("watch", "", "pods", None),
-    *[(verb, "coordination.k8s.io", "leases", NS) for verb in ("get", "create", "update")],
-    ("create", "", "events", "default"),
-]
+
+
+def granted(objects: list[dict[str, Any]], service_account: str) -> frozenset[access.Grant]:
+    """Every (verb, resource, object name) the rendered roles bound to the SA allow, one by one."""
+    found = set()
+    for namespace, rule in rules_of(objects, service_account):
+        assert namespace in (None, NS), rule
+        scope = access.Scope.CLUSTER if namespace is None else access.Scope.NAMESPACE
+        found |= {
+            access.Grant(scope, group, resource, verb, name)
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+            for name in rule.get("resourceNames", [""])
+        }
+    return frozenset(found)
+
+
+@pytest.mark.parametrize(("service_account", "accesses"), COMPONENTS, ids=["reconciler", "webhook", "agent"])
+def test_roles_grant_exactly_the_accesses(service_account: str, accesses: tuple[access.Access, ...]) -> None:
+    """Every rule is one the component's code uses (api.access), and every access it makes is granted."""
+    rendered = granted(manifests.render(), service_account)
+    declared = access.grants(accesses)
+    assert sorted(rendered - declared) == [], "granted but never used"
+    assert sorted(declared - rendered) == [], "used but not granted"
 
 
 @pytest.mark.parametrize(
-    ("service_account", "needs"),
-    [(constants.RECONCILER_SERVICE_ACCOUNT, RECONCILER_NEEDS), (constants.SPOD_SERVICE_ACCOUNT, AGENT_NEEDS)],
-    ids=["reconciler", "agent"],
+    ("accesses", "rules"),
+    [
+        (
+            [access.Access(access.Scope.CLUSTER, "", "pods", ("watch", "get", "list"))],
+            [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        ),
+        # Same group and verbs: one rule; a name restriction keeps its own rule.
+        (
+            [
+                access.Access(access.Scope.CLUSTER, "apps", "daemonsets", ("create",)),
+                access.Access(access.Scope.CLUSTER, "apps", "deployments", ("create",)),
+                access.Access(access.Scope.CLUSTER, "apps", "deployments", ("patch",), ("a", "b")),
+            ],
+            [
+                {"apiGroups": ["apps"], "resources": ["daemonsets", "deployments"], "verbs": ["create"]},
+                {
+                    "apiGroups": ["apps"],
+                    "resources": ["deployments"],
+                    "verbs": ["patch"],
+                    "resourceNames": ["a", "b"],
+                },
+            ],
+        ),
+        # The other scope's accesses are not this role's.
+        ([access.Access(access.Scope.NAMESPACE, "", "secrets", ("get",))], []),
+    ],
 )
-def test_processes_get_what_they_need(
-    service_account: str, needs: list[tuple[str, str, str, str | None]]
-) -> None:
-    objects = manifests.render()
-    missing = [need for need in needs if not can(objects, service_account, *need)]
-    assert missing == []
+def test_rules_merge_accesses(accesses: list[access.Access], rules: list[dict[str, Any]]) -> None:
+    assert deploy._rules(accesses, access.Scope.CLUSTER) == rules
+
+
+def test_rules_refuse_an_unknown_verb() -> None:
+    with pytest.raises(ValueError, match="apply"):
+        deploy._rules([access.Access(access.Scope.CLUSTER, "", "pods", ("apply",))], access.Scope.CLUSTER)
 
 
 def test_webhook_reads_its_caches_and_writes_nothing() -> None:

@@ -31,7 +31,7 @@ class CachedSnapshot:
         self.selinux_profiles = ResourceCache(api, kinds.SELINUX_PROFILE, SelinuxProfile)
         # Part of readiness so that a replica only answers once it sees every profile kind.
         self.raw_selinux_profiles = ResourceCache(api, kinds.RAW_SELINUX_PROFILE, RawSelinuxProfile)
-        self.daemons = ResourceCache(api, kinds.SPOD, SecurityProfilesOperatorDaemon)
+        self.daemons = ResourceCache(api, kinds.SPOD, SecurityProfilesOperatorDaemon, operator_namespace)
         self._caches: tuple[ResourceCache[Any], ...] = (
             self.bindings,
             self.recordings,
