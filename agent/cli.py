@@ -112,6 +112,14 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     parser.add_argument("--host", default="0.0.0.0", help="address of the metrics and health server")  # noqa: S104
     parser.add_argument("--metrics-port", type=int, default=constants.SPOD_METRICS_PORT)
+    parser.add_argument(
+        "--metrics-from",
+        action="append",
+        default=[],
+        metavar="URL",
+        help=f"also serve on {constants.PATH_METRICS_SPOD} the families of the agent process at URL "
+        "(the spod pod's log enricher, for the metrics Service); repeatable",
+    )
     parser.set_defaults(func=run)
 
 
@@ -120,8 +128,16 @@ def run(args: argparse.Namespace) -> int:
     api = api_client(args.kubeconfig)
     registry = CollectorRegistry()
     spod = SpodWatch(api, args.namespace)
+    # Healthy once every part has started, and while each says it is.
+    started = threading.Event()
     checks: list[Callable[[], bool]] = [spod.cache.has_synced]
-    server = serve(args.host, args.metrics_port, registry, lambda: all(check() for check in checks))
+    server = serve(
+        args.host,
+        args.metrics_port,
+        registry,
+        lambda: started.is_set() and all(check() for check in checks),
+        also=args.metrics_from,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -134,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             checks.append(agent.ready)
         if parts.outputs:
             checks.append(_start_audit(api, spod, registry, args, parts=parts, running=running))
+        started.set()
         log.info("agent (%s) for node %s started", args.role, args.node_name)
         stop.wait()
     return 0

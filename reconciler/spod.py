@@ -209,6 +209,9 @@ def _profiles(spec: SPODSpec, image: str, paths: NodePaths) -> tuple[dict[str, A
         mounts += [_mount(name, path) for name, path, _ in selinux]
     else:
         args.append("--no-selinux")
+    if spec.enable_log_enricher:
+        # The metrics Service reaches this container: it serves the log enricher's audit counters too.
+        args.append(f"--metrics-from=http://127.0.0.1:{_PORTS[constants.AGENT_ROLE_LOG_ENRICHER][0]}")
     container = _agent(
         constants.AGENT_ROLE_PROFILES,
         image,

@@ -106,7 +106,13 @@ EXPECTED_CHANGES: dict[str, set[str]] = {
     "7.8.3": {HASH},
     "7.8.4": {_in(f"containers[{PROFILES}]", "resources"), HASH},
     "7.8.5": {_pod("priorityClassName"), HASH},
-    "7.8.7": ENRICHER_POD | {_pod("containers[log-enricher]"), _pod("volumes[host-state-volume]"), HASH},
+    "7.8.7": ENRICHER_POD
+    | {
+        _pod("containers[log-enricher]"),
+        _pod("volumes[host-state-volume]"),
+        _in(f"containers[{PROFILES}]", "args"),
+        HASH,
+    },
     "7.8.8": set(),
     # jsonEnricherOptions are followed at run time: enabling the enricher is the only change.
     "7.9.6": JSON_ENRICHER_ON,
@@ -180,6 +186,8 @@ SELINUX_MOUNTS = {
     "/sys/fs/selinux": False,
 }
 NO_SELINUX = profiles("--no-selinux")
+# The metrics Service reaches the profiles container: it serves the log enricher's families too.
+WITH_LOG_METRICS = profiles("--no-selinux", "--metrics-from=http://127.0.0.1:9444")
 DIR = "Directory"
 CREATE = "DirectoryOrCreate"
 BASE_VOLUMES: dict[str, tuple[str, str] | None] = {"host-seccomp-volume": (SECCOMP_DIR, CREATE)}
@@ -202,7 +210,7 @@ FEATURES: dict[str, tuple[dict[str, Any], list[Expected], dict[str, tuple[str, s
     ),
     "enableLogEnricher": (
         {"enableLogEnricher": True},
-        [NO_SELINUX, LOG_ENRICHER],
+        [WITH_LOG_METRICS, LOG_ENRICHER],
         {**BASE_VOLUMES, **AUDIT_VOLUME, **STATE_VOLUME},
     ),
     "enableJsonEnricher": (
@@ -213,7 +221,7 @@ FEATURES: dict[str, tuple[dict[str, Any], list[Expected], dict[str, tuple[str, s
     "hostProcVolumePath": (
         {"enableLogEnricher": True, "enableJsonEnricher": True, "hostProcVolumePath": "/proc/host"},
         [
-            NO_SELINUX,
+            WITH_LOG_METRICS,
             Expected(
                 LOG_ENRICHER.role,
                 [*LOG_ENRICHER.args[:2], "--proc=/host/proc", LOG_ENRICHER.args[2]],

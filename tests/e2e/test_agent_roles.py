@@ -51,9 +51,9 @@ class RoleAgent:
         return int(line.split()[1]) / 1024
 
 
-def start(cluster: localcluster.ControlPlane, role: str, root: Path) -> RoleAgent:
+def start(cluster: localcluster.ControlPlane, role: str, root: Path, port: int, *extra: str) -> RoleAgent:
     """The agent as the DaemonSet's container for `role` runs it, its host paths below `root`."""
-    node, port = f"{role}-{uuid.uuid4().hex[:8]}", localcluster.free_port()
+    node = f"{role}-{uuid.uuid4().hex[:8]}"
     argv = localcluster.python_module(
         "spo.cli", "agent",
         f"--role={role}",
@@ -66,6 +66,7 @@ def start(cluster: localcluster.ControlPlane, role: str, root: Path) -> RoleAgen
         f"--audit-log={root / 'audit' / 'audit.log'}",
         f"--state-dir={root / 'recordings'}",
         "--no-selinux",
+        *extra,
     )  # fmt: skip
     process = cluster.spawn(f"agent-{node}", argv)
     cluster.wait_until(
@@ -79,9 +80,13 @@ def agents(
     control_plane: localcluster.ControlPlane, kube: client.ApiClient, tmp_path: Path
 ) -> Iterator[dict[str, RoleAgent]]:
     running: dict[str, RoleAgent] = {}
+    ports = {role: localcluster.free_port() for role in ROLES}
+    # As in the spod pod: the profiles container serves the log enricher's families too.
+    log_enricher = f"http://127.0.0.1:{ports[constants.AGENT_ROLE_LOG_ENRICHER]}"
+    extra = {constants.AGENT_ROLE_PROFILES: [f"--metrics-from={log_enricher}"]}
     try:
         for role in ROLES:
-            running[role] = start(control_plane, role, tmp_path / role)
+            running[role] = start(control_plane, role, tmp_path / role, ports[role], *extra.get(role, []))
         yield running
     finally:
         for agent in running.values():
@@ -128,9 +133,11 @@ def test_each_role_does_its_own_part_only(
         assert node_finalizer(enricher.node) not in finalizers
         assert not lease_exists(kube, enricher.node)
 
-    # Each serves its own part's metrics: the audit counters are the log enricher's alone.
+    # Each serves its own part's metrics: the audit counters are the log enricher's alone, and the
+    # profiles role (the metrics Service's) serves them too, from the log enricher.
     metrics = {agent.role: agent.get(constants.PATH_METRICS_SPOD) for agent in agents.values()}
     assert [OPERATIONS_FAMILY in metrics[role] for role in ROLES] == [True, False, False]
-    assert [AUDIT_FAMILY in metrics[role] for role in ROLES] == [False, True, False]
+    assert [AUDIT_FAMILY in metrics[role] for role in ROLES] == [True, True, False]
+    assert metrics[constants.AGENT_ROLE_PROFILES].count(f"# TYPE {AUDIT_FAMILY.removesuffix('_total')}") == 1
     for agent in agents.values():
         print(f"{agent.role}: RSS {agent.rss_mib():.0f} MiB")

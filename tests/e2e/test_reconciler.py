@@ -276,6 +276,19 @@ def test_json_enricher_adds_and_removes_the_exec_webhooks(reconciler: Reconciler
     eventually(lambda: names() == ["binding.spo.io", "recording.spo.io"], what="exec webhooks removed")
 
 
+def test_every_container_at_once_is_a_daemonset_the_apiserver_accepts(reconciler: Reconciler) -> None:
+    """The privileged SELinux container, both enrichers on the host's namespaces and a host /proc
+    elsewhere: beyond the docs' patches, validated by the apiserver as the reconciler applies it."""
+    patch: dict[str, Any] = {
+        "enableSelinux": True,
+        "enableLogEnricher": True,
+        "enableJsonEnricher": True,
+        "hostProcVolumePath": "/proc/host",
+    }
+    reconciler.patch({"spec": patch})
+    reconciler.wait_configured(SPODSpec.model_validate({**default_spod_dict()["spec"], **patch}))
+
+
 def test_the_bpf_recorder_is_said_to_be_unsupported_once_and_rendered_as_nothing(
     reconciler: Reconciler,
 ) -> None:
