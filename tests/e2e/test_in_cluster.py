@@ -123,6 +123,57 @@ def test_docs_webhook_option_patch_reaches_the_configuration(in_cluster: InClust
     )
 
 
+def test_docs_log_enricher_lines_in_the_log_enricher_container(in_cluster: InCluster) -> None:
+    """Docs 7.8.7 as written: the spod patched, the DaemonSet rolls with a `log-enricher` container, and
+    `kubectl logs --selector name=spod -c log-enricher` shows the traced pod's syscalls."""
+    patch = next(p["patch"] for p in spod_patches() if p["section"] == "7.8.7")
+    in_cluster.kubectl(
+        "-n", NAMESPACE, "patch", "spod", constants.SPOD_NAME, "--type=merge", "-p", yaml.safe_dump(patch)
+    )
+    trace = constants.LOG_ENRICHER_TRACE_PROFILE
+    eventually(
+        lambda: in_cluster.json("get", "sp", trace).get("status", {}).get("status") == "Installed",
+        timeout=180,
+        what=f"{trace} Installed",
+    )
+    in_cluster.kubectl(
+        "-n", NAMESPACE, "rollout", "status", f"daemonset/{constants.SPOD_NAME}", "--timeout=180s"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "traced"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "traced",
+                    "image": constants.IMAGE_TEST_BUSYBOX,
+                    "command": ["sh", "-c", "while true; do mkdir -p /tmp/d; sleep 1; done"],
+                    "securityContext": {
+                        "seccompProfile": {"type": "Localhost", "localhostProfile": f"operator/{trace}.json"}
+                    },
+                }
+            ]
+        },
+    }
+    in_cluster.kubectl("-n", APP_NAMESPACE, "create", "-f", "-", stdin=yaml.safe_dump(pod))
+    in_cluster.kubectl("-n", APP_NAMESPACE, "wait", "--for=condition=Ready", "pod/traced", "--timeout=90s")
+    wanted = f'namespace="{APP_NAMESPACE}" pod="traced" container="traced"'
+
+    def enriched() -> list[str]:
+        selector = f"{constants.LABEL_NAME}={constants.SPOD_NAME_LABEL_VALUE}"
+        logs = in_cluster.kubectl(
+            "-n", NAMESPACE, "logs", "--since=10m", "--selector", selector, "-c", "log-enricher"
+        ).stdout
+        return [line for line in logs.splitlines() if wanted in line and 'type="seccomp"' in line]
+
+    eventually(
+        lambda: any('syscallName="mkdir"' in line for line in enriched()),
+        timeout=180,
+        what="an enriched mkdir line of the traced pod in the log-enricher container's log",
+    )
+
+
 @dataclass
 class AdmissionLoop:
     """Pod creations (server-side dry runs, through every admission webhook) in a loop until stopped."""
