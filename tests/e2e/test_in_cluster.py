@@ -6,6 +6,7 @@ ours on the node. The tests share one cluster and run in this order."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from spo.nodeconfig import NodePaths
 from tests.conftest import NodeSlot
 from tests.docs_examples import spod_patches
 from tests.e2e.test_spo_up import _spo
-from tests.e2e.test_webhooks import TEST_POD, _docs_object
+from tests.e2e.test_webhooks import TEST_POD, _audit_annotation, _docs_object
 from tests.eventually import eventually
 from tests.kubectl import dry_run_create, kubectl, kubectl_json
 
@@ -161,9 +162,10 @@ def test_docs_log_enricher_lines_in_the_log_enricher_container(in_cluster: InClu
     wanted = f'namespace="{APP_NAMESPACE}" pod="traced" container="traced"'
 
     def enriched() -> list[str]:
+        # The docs' command; with a selector kubectl shows the last 10 lines unless told otherwise.
         selector = f"{constants.LABEL_NAME}={constants.SPOD_NAME_LABEL_VALUE}"
         logs = in_cluster.kubectl(
-            "-n", NAMESPACE, "logs", "--since=10m", "--selector", selector, "-c", "log-enricher"
+            "-n", NAMESPACE, "logs", "--since=10m", "--tail=-1", "--selector", selector, "-c", "log-enricher"
         ).stdout
         return [line for line in logs.splitlines() if wanted in line and 'type="seccomp"' in line]
 
@@ -172,6 +174,65 @@ def test_docs_log_enricher_lines_in_the_log_enricher_container(in_cluster: InClu
         timeout=180,
         what="an enriched mkdir line of the traced pod in the log-enricher container's log",
     )
+
+
+def test_docs_json_enricher_records_in_the_json_enricher_container(in_cluster: InCluster) -> None:
+    """Docs 7.9.6, 7.9.9-7.9.15 as written: the JSON enricher on, `kubectl exec` into a pod under profile1,
+    and the record in `kubectl logs -c json-enricher` carries the request uid of the apiserver's audit log."""
+    patch = next(p["patch"] for p in spod_patches() if p["section"] == "7.9.6")
+    in_cluster.kubectl(
+        "-n", NAMESPACE, "patch", "spod", constants.SPOD_NAME, "--type=merge", "-p", yaml.safe_dump(patch)
+    )
+    in_cluster.kubectl(
+        "-n", NAMESPACE, "rollout", "status", f"daemonset/{constants.SPOD_NAME}", "--timeout=180s"
+    )
+    eventually(
+        lambda: any(
+            w["name"] == constants.WEBHOOK_EXEC_METADATA
+            for w in in_cluster.json(
+                "get", "MutatingWebhookConfiguration", constants.MUTATING_WEBHOOK_CONFIGURATION
+            )["webhooks"]
+        ),
+        timeout=60,
+        what="the exec webhook registered",
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "my-pod"},
+        "spec": {
+            "securityContext": {
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "operator/profile1.json"}
+            },
+            "containers": [
+                {"name": "my-pod", "image": constants.IMAGE_TEST_BUSYBOX, "command": ["sleep", "3600"]}
+            ],
+        },
+    }
+    in_cluster.kubectl("-n", APP_NAMESPACE, "create", "-f", "-", stdin=yaml.safe_dump(pod))
+    in_cluster.kubectl("-n", APP_NAMESPACE, "wait", "--for=condition=Ready", "pod/my-pod", "--timeout=90s")
+    in_cluster.kubectl(
+        "-n", APP_NAMESPACE, "exec", "my-pod", "--", "sh", "-c", "touch /tmp/testfile.txt; sleep 3"
+    )
+    audit_log = in_cluster.state / "logs" / "audit.log"
+    key = f"{constants.WEBHOOK_EXEC_METADATA}/{constants.EXEC_REQUEST_UID_ENV}"
+    uid = _audit_annotation(audit_log, APP_NAMESPACE, "my-pod", key, "exec")
+
+    def records() -> list[dict[str, Any]]:
+        selector = f"{constants.LABEL_NAME}={constants.SPOD_NAME_LABEL_VALUE}"
+        logs = in_cluster.kubectl(
+            "-n", NAMESPACE, "logs", "--since=10m", "--tail=-1", "--selector", selector, "-c", "json-enricher"
+        ).stdout
+        parsed = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        return [record for record in parsed if record.get("requestUID") == uid]
+
+    eventually(
+        lambda: any(r["executable"] == constants.BUSYBOX_PATH for r in records()),
+        timeout=180,
+        what=f"a JSON record with requestUID {uid} in the json-enricher container's log",
+    )
+    for record in records():
+        assert record["resource"] == {"container": "my-pod", "namespace": APP_NAMESPACE, "pod": "my-pod"}
 
 
 @dataclass
