@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -30,6 +30,7 @@ from spo.node import Node
 from spo.operator_image import build_operator_image
 
 INSTALL_FIELD_MANAGER = "spo-up"
+T = TypeVar("T")
 
 
 def deploy(
@@ -68,12 +69,19 @@ def deploy(
     cluster.wait_until(lambda: _spod_state(api, namespace) == "RUNNING", "the spod RUNNING")
 
 
-def _available(apps: client.AppsV1Api, name: str, namespace: str) -> bool:
+def _found(read: Callable[..., T], *args: str) -> T | None:
+    """`read(*args)`, or None while the object does not exist yet."""
     try:
-        deployment = apps.read_namespaced_deployment(name, namespace)
+        return read(*args)
     except ApiException as error:
         if error.status != HTTPStatus.NOT_FOUND:
             raise
+        return None
+
+
+def _available(apps: client.AppsV1Api, name: str, namespace: str) -> bool:
+    deployment = _found(apps.read_namespaced_deployment, name, namespace)
+    if deployment is None:
         return False
     status, spec = deployment.status, deployment.spec
     wanted = spec.replicas if spec and spec.replicas is not None else 1
@@ -82,26 +90,18 @@ def _available(apps: client.AppsV1Api, name: str, namespace: str) -> bool:
 
 def _webhooks_registered(api: client.ApiClient) -> bool:
     admission = client.AdmissionregistrationV1Api(api)
-    try:
-        configuration = admission.read_mutating_webhook_configuration(
-            constants.MUTATING_WEBHOOK_CONFIGURATION
-        )
-    except ApiException as error:
-        if error.status != HTTPStatus.NOT_FOUND:
-            raise
-        return False
-    return all(
+    configuration = _found(
+        admission.read_mutating_webhook_configuration, constants.MUTATING_WEBHOOK_CONFIGURATION
+    )
+    return configuration is not None and all(
         webhook.client_config.service and webhook.client_config.ca_bundle
         for webhook in configuration.webhooks or []
     )
 
 
 def _agents_ready(apps: client.AppsV1Api, namespace: str) -> bool:
-    try:
-        daemonset = apps.read_namespaced_daemon_set(constants.SPOD_NAME, namespace)
-    except ApiException as error:
-        if error.status != HTTPStatus.NOT_FOUND:
-            raise
+    daemonset = _found(apps.read_namespaced_daemon_set, constants.SPOD_NAME, namespace)
+    if daemonset is None:
         return False
     status, metadata = daemonset.status, daemonset.metadata
     return bool(
@@ -114,12 +114,11 @@ def _agents_ready(apps: client.AppsV1Api, namespace: str) -> bool:
 
 
 def _spod_state(api: client.ApiClient, namespace: str) -> str | None:
-    try:
-        spod: Any = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            SPOD.group, SPOD.version, namespace, SPOD.plural, constants.SPOD_NAME
-        )
-    except ApiException as error:
-        if error.status != HTTPStatus.NOT_FOUND:
-            raise
+    objects = client.CustomObjectsApi(api)
+    spod: Any = _found(
+        objects.get_namespaced_custom_object,
+        SPOD.group, SPOD.version, namespace, SPOD.plural, constants.SPOD_NAME,
+    )  # fmt: skip
+    if spod is None:
         return None
     return str(spod.get("status", {}).get("state") or "") or None
