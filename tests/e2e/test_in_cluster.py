@@ -43,6 +43,23 @@ class InCluster:
     def json(self, *args: str) -> Any:
         return kubectl_json(self.kubeconfig, *args)
 
+    def wait_for_agent_container(self, container: str) -> None:
+        """Until the node's spod pod runs `container`, ready. The reconciler updates the DaemonSet some
+        time after the spod changes, so `kubectl rollout status` right after the patch may still see the
+        old one rolled out."""
+
+        def ready() -> bool:
+            selector = f"{constants.LABEL_NAME}={constants.SPOD_NAME_LABEL_VALUE}"
+            pods = self.json("-n", NAMESPACE, "get", "pods", "-l", selector)["items"]
+            return any(
+                status["name"] == container and status.get("ready")
+                for pod in pods
+                if not pod["metadata"].get("deletionTimestamp")
+                for status in pod.get("status", {}).get("containerStatuses", [])
+            )
+
+        eventually(ready, timeout=180, what=f"the spod pod's {container} container ready")
+
     def pods(self, component: str) -> list[str]:
         listed = self.json("-n", NAMESPACE, "get", "pods", "-l", f"{constants.LABEL_NAME}={component}")
         return [p["metadata"]["name"] for p in listed["items"] if not p["metadata"].get("deletionTimestamp")]
@@ -137,9 +154,7 @@ def test_docs_log_enricher_lines_in_the_log_enricher_container(in_cluster: InClu
         timeout=180,
         what=f"{trace} Installed",
     )
-    in_cluster.kubectl(
-        "-n", NAMESPACE, "rollout", "status", f"daemonset/{constants.SPOD_NAME}", "--timeout=180s"
-    )
+    in_cluster.wait_for_agent_container("log-enricher")
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -183,9 +198,7 @@ def test_docs_json_enricher_records_in_the_json_enricher_container(in_cluster: I
     in_cluster.kubectl(
         "-n", NAMESPACE, "patch", "spod", constants.SPOD_NAME, "--type=merge", "-p", yaml.safe_dump(patch)
     )
-    in_cluster.kubectl(
-        "-n", NAMESPACE, "rollout", "status", f"daemonset/{constants.SPOD_NAME}", "--timeout=180s"
-    )
+    in_cluster.wait_for_agent_container("json-enricher")
     eventually(
         lambda: any(
             w["name"] == constants.WEBHOOK_EXEC_METADATA
