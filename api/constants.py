@@ -124,6 +124,8 @@ HEALTH_PORT: Final = 8085  # the reconciler's /healthz and /readyz (plain HTTP)
 PATH_HEALTHZ: Final = "/healthz"
 PATH_READYZ: Final = "/readyz"
 ENV_OPERATOR_NAMESPACE: Final = "OPERATOR_NAMESPACE"
+# The spod's verbosity in the spod pods' environment: `spo` logs at debug level from 1 (docs 7.5.3).
+ENV_VERBOSITY: Final = "SPO_VERBOSITY"
 ENV_OPERATOR_IMAGE: Final = "RELATED_IMAGE_OPERATOR"  # the image the reconciler puts into the spod DaemonSet
 CERT_MANAGER_ISSUER: Final = "selfsigned-issuer"
 WEBHOOK_CERTIFICATE: Final = "webhook-cert"

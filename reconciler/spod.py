@@ -29,10 +29,6 @@ from api.nodepaths import NodePaths
 from api.types import SPODSpec, SPODStatus
 from reconciler.webhook_config import known_webhook_names, webhook_name
 
-_VERBOSITY_ENV = "SPO_VERBOSITY"
-_PROFILING_ENV = "SPO_PROFILING"
-_PROFILING_PORT_ENV = "SPO_PROFILING_PORT"
-_PROFILING_BASE_PORT = 6060
 _NODE_NAME_ENV = "NODE_NAME"
 _LABEL_OS = "kubernetes.io/os"
 _PROFILES_CONTAINER = "security-profiles-operator"  # the docs' name of the daemon container
@@ -100,6 +96,8 @@ def unsupported(spec: SPODSpec) -> list[str]:
         found.append("logEnricherSource bpf: the log enricher follows the node's audit log")
     if spec.enable_app_armor:
         found.append("enableAppArmor: AppArmor profiles are not supported yet")
+    if spec.enable_profiling:
+        found.append("enableProfiling: the agent serves no profiling endpoint")
     return found
 
 
@@ -277,14 +275,10 @@ def _enrichers(
 
 
 def _set_common(spec: SPODSpec, containers: list[dict[str, Any]]) -> None:
-    """What every container gets from the spod: verbosity, profiling, the SELinux type tag."""
-    for index, container in enumerate(containers):
-        container["env"].append(_env(_VERBOSITY_ENV, str(spec.verbosity)))
-        if spec.enable_profiling:
-            container["env"] += [
-                _env(_PROFILING_ENV, "true"),
-                _env(_PROFILING_PORT_ENV, str(_PROFILING_BASE_PORT + index)),
-            ]
+    """What every container gets from the spod: its verbosity (`spo` logs at debug level from 1, docs
+    7.5.3) and the SELinux type tag."""
+    for container in containers:
+        container["env"].append(_env(constants.ENV_VERBOSITY, str(spec.verbosity)))
         if not spec.enable_app_armor:
             container["securityContext"]["seLinuxOptions"] = {"type": spec.selinux_type_tag}
 

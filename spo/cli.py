@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import agent.cli
 import certs.cli
 import manifests.cli
 import reconciler.cli
 import webhooks.cli
+from api import constants
 from spo import operator_image, up
 
 
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=log_level(args.verbose, os.environ),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     exit_code: int = args.func(args)
@@ -46,3 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def log_level(verbose: bool, environ: Mapping[str, str]) -> int:
+    """Debug with -v, or with the spod's `verbosity` 1 (docs 7.5.3), which the DaemonSet hands its
+    containers in the environment; info otherwise (an unreadable value included)."""
+    verbosity = environ.get(constants.ENV_VERBOSITY, "0")
+    return logging.DEBUG if verbose or (verbosity.isdigit() and int(verbosity) >= 1) else logging.INFO

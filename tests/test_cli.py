@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
 import pytest
+
+from spo.cli import log_level
 
 SPO = [sys.executable, "-m", "spo.cli"]
 SUBCOMMANDS = ["webhook", "reconciler", "agent", "certs", "manifests", "up", "down", "status", "image"]
@@ -38,3 +41,17 @@ def test_every_subcommand_has_help(args: list[str]) -> None:
 
 def test_missing_subcommand_is_a_usage_error() -> None:
     assert _run().returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("verbose", "environ", "level"),
+    [
+        (False, {}, logging.INFO),
+        (True, {}, logging.DEBUG),
+        (False, {"SPO_VERBOSITY": "0"}, logging.INFO),
+        (False, {"SPO_VERBOSITY": "1"}, logging.DEBUG),
+        (False, {"SPO_VERBOSITY": "x"}, logging.INFO),
+    ],
+)
+def test_the_spods_verbosity_sets_the_log_level(verbose: bool, environ: dict[str, str], level: int) -> None:
+    assert log_level(verbose, environ) == level

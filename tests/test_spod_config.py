@@ -375,6 +375,7 @@ def test_the_selinux_type_tag_is_on_every_container() -> None:
         ({"enableBpfRecorder": True}, ["enableBpfRecorder"]),
         ({"logEnricherSource": "bpf"}, ["logEnricherSource"]),
         ({"enableAppArmor": True, "enableBpfRecorder": True}, ["enableBpfRecorder", "enableAppArmor"]),
+        ({"enableProfiling": True}, ["enableProfiling"]),
     ],
 )
 def test_unsupported_features_are_named(patch: dict[str, Any], named: list[str]) -> None:
