@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_level(verbose: bool, environ: Mapping[str, str]) -> int:
+    """Debug with -v, or with the spod's `verbosity` 1 (docs 7.5.3), which the DaemonSet hands its
+    containers in the environment; info otherwise (an unreadable value included)."""
+    verbosity = environ.get(constants.ENV_VERBOSITY, "0")
+    return logging.DEBUG if verbose or (verbosity.isdigit() and int(verbosity) >= 1) else logging.INFO
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,10 +55,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def log_level(verbose: bool, environ: Mapping[str, str]) -> int:
-    """Debug with -v, or with the spod's `verbosity` 1 (docs 7.5.3), which the DaemonSet hands its
-    containers in the environment; info otherwise (an unreadable value included)."""
-    verbosity = environ.get(constants.ENV_VERBOSITY, "0")
-    return logging.DEBUG if verbose or (verbosity.isdigit() and int(verbosity) >= 1) else logging.INFO
