@@ -121,6 +121,8 @@ class Aggregator:
         # Both in insertion order: buckets by opening time, described processes by last use.
         self._open: OrderedDict[tuple[int, int | None], _Bucket] = OrderedDict()
         self._described: OrderedDict[tuple[int, int | None], ProcessInfo] = OrderedDict()
+        # Each pid's start time when last seen alive, by last use.
+        self._last_start: OrderedDict[int, int] = OrderedDict()
 
     def add(
         self,
@@ -139,6 +141,15 @@ class Aggregator:
         """Count one event (`timestamp`: its audit time in seconds); the records closed early."""
         if pid < 1 or not syscall:
             raise ValueError(f"not a seccomp event: pid {pid}, syscall {syscall!r}")
+        if start_time is None:
+            # Gone before this line was read (attributed through its parent): it is the process this
+            # pid named when last seen alive, whose description (its request uid) still holds.
+            start_time = self._last_start.get(pid)
+        else:
+            self._last_start[pid] = start_time
+            self._last_start.move_to_end(pid)
+            if len(self._last_start) > self._max_open:
+                self._last_start.popitem(last=False)
         key = (pid, start_time)
         bucket = self._open.get(key)
         closed: list[Record] = []

@@ -684,3 +684,26 @@ def test_a_process_is_described_by_the_program_it_became() -> None:
     _add(aggregator, 0.2, executable="", syscall="nanosleep")
     (record,) = aggregator.drain()
     assert record["executable"] == "/bin/busybox"
+
+
+def test_lines_read_after_the_process_is_gone_join_the_process_seen_alive() -> None:
+    """Under load the agent reads a short process's last lines after it exited: they have no start time
+    (attributed through the parent), but they are the same process, with the same request uid."""
+    aggregator = Aggregator(NODE, 10)
+    _add(aggregator, 0.0, syscall="clone", executable="/", describe=lambda: ProcessInfo(request_uid="u"))
+    _add(
+        aggregator,
+        1.0,
+        start_time=None,
+        syscall="nanosleep",
+        executable="/bin/busybox",
+        describe=_no_describe,
+    )
+    _add(aggregator, 2.0, pid=2, start_time=None, syscall="read", describe=ProcessInfo)
+    first, other = aggregator.drain()
+    assert (first["syscalls"], first["executable"], first["requestUID"]) == (
+        ["clone", "nanosleep"],
+        "/bin/busybox",
+        "u",
+    )
+    assert (other["pid"], "requestUID" in other) == (2, False)
