@@ -17,6 +17,11 @@ from kubernetes.client.exceptions import ApiException
 _APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
 
+def _group_version_path(api_version: str) -> str:
+    """Where a group version is served: the core group under /api, the others under /apis."""
+    return f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+
+
 @dataclass(frozen=True)
 class _Served:
     plural: str
@@ -60,32 +65,19 @@ class Objects:
             deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
         return deleted
 
-    def exists(self, obj: dict[str, Any]) -> bool:
-        try:
-            self._call("GET", self._path(obj))
-        except LookupError:
-            return False
-        except ApiException as error:
-            if error.status != HTTPStatus.NOT_FOUND:
-                raise
-            return False
-        return True
-
     def _path(self, obj: dict[str, Any]) -> str:
         api_version: str = obj["apiVersion"]
         served = self._served(api_version).get(obj["kind"])
         if served is None:
             raise LookupError(f"the apiserver serves no {obj['kind']} in {api_version}")
-        prefix = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
         metadata = obj["metadata"]
         scope = f"/namespaces/{metadata['namespace']}" if served.namespaced else ""
-        return f"{prefix}{scope}/{served.plural}/{metadata['name']}"
+        return f"{_group_version_path(api_version)}{scope}/{served.plural}/{metadata['name']}"
 
     def _served(self, api_version: str) -> dict[str, _Served]:
         if api_version not in self._discovered:
-            prefix = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
             try:
-                listing = self._call("GET", prefix)
+                listing = self._call("GET", _group_version_path(api_version))
             except ApiException as error:
                 if error.status != HTTPStatus.NOT_FOUND:
                     raise

@@ -62,15 +62,18 @@ def uninstall(
     done = Uninstalled()
     objects = Objects(api)
     installed = manifests.render(namespace, cert_manager=True)
-    reconciler = [obj for obj in installed if obj["kind"] == "Deployment"]
-    reconciler = [obj for obj in reconciler if obj["metadata"]["name"] == constants.RECONCILER_DEPLOYMENT]
+    reconciler = [
+        obj
+        for obj in installed
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == constants.RECONCILER_DEPLOYMENT
+    ]
     done.deleted += objects.delete(reconciler)
     _wait_for_no_pods(api, namespace, reconciler[0]["spec"]["selector"]["matchLabels"], wait_seconds)
     delete(api, kinds.SPOD, constants.SPOD_NAME, namespace)
     remove_operator_objects(api, namespace, daemonset=False)
     progress("removed the webhook configurations; deleting the profiles")
     done.unconfirmed_nodes = _delete_profiles(api, wait_seconds)
-    remove_operator_objects(api, namespace)
+    delete(api, kinds.DAEMON_SET, constants.SPOD_NAME, namespace)
     _release_spod(api, namespace)
     delete(api, kinds.LEASE, constants.LEADER_LEASE, namespace)
     rest = [obj for obj in installed if obj not in reconciler and obj["kind"] != "CustomResourceDefinition"]

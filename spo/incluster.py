@@ -58,7 +58,8 @@ def deploy(
     rendered = manifests.render(namespace, built.reference, node_paths=node_paths)
     crds = [obj for obj in rendered if obj["kind"] == "CustomResourceDefinition"]
     localcluster.install_crds(api, crds)
-    Objects(api).apply([obj for obj in rendered if obj not in crds], INSTALL_FIELD_MANAGER)
+    rest = [obj for obj in rendered if obj["kind"] != "CustomResourceDefinition"]
+    Objects(api).apply(rest, INSTALL_FIELD_MANAGER)
     apps = client.AppsV1Api(api)
     for name in (constants.RECONCILER_DEPLOYMENT, constants.WEBHOOK_DEPLOYMENT):
         cluster.wait_until(
